@@ -1,0 +1,132 @@
+"""The in-process event bus: sequence numbers, a bounded replay buffer, fan-out.
+
+Consumer threads publish; the gateway (asyncio) and Streamlit sessions read.
+Publishing never waits for a reader: subscriber callbacks must only hand the
+event over (``loop.call_soon_threadsafe``, ``queue.put_nowait``), and readers
+that prefer pulling keep a cursor and call :meth:`EventBus.since`.
+
+Sequence numbers increase by one for every event. They continue across
+restarts: the bus reserves numbers in blocks through ``reserve`` (persisted by
+the store) so a restarted process never reuses a number a client has seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from backend.events import Event
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[Event], None]
+SEQ_BLOCK = 100_000
+
+
+class EventBus:
+    """Thread-safe publish with a ring buffer of the most recent events."""
+
+    def __init__(
+        self,
+        capacity: int = 20_000,
+        start_seq: int = 0,
+        reserve: Callable[[int], None] | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._ring: deque[Event] = deque(maxlen=capacity)
+        self._seq = start_seq
+        self._reserve = reserve
+        self._reserved_until = start_seq
+        self._subscribers: list[Subscriber] = []
+        self._changed = threading.Condition(self._lock)
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest event (start_seq when none yet)."""
+        return self._seq
+
+    @property
+    def oldest_seq(self) -> int:
+        """The sequence number of the oldest event still held (last_seq + 1 when empty)."""
+        with self._lock:
+            return self._ring[0].seq if self._ring else self._seq + 1
+
+    def publish(self, name: str, data: dict[str, Any]) -> Event:
+        """Give the event the next sequence number, keep it, and hand it to every subscriber."""
+        with self._lock:
+            if self._seq >= self._reserved_until:
+                self._reserve_block()
+            self._seq += 1
+            event = Event(self._seq, name, data)
+            self._ring.append(event)
+            subscribers = tuple(self._subscribers)
+            for subscriber in subscribers:
+                try:
+                    subscriber(event)
+                except Exception:  # a broken reader must not break the publisher
+                    log.exception("event subscriber failed; removing it")
+                    self._subscribers.remove(subscriber)
+            self._changed.notify_all()
+        return event
+
+    def _reserve_block(self) -> None:
+        self._reserved_until = self._seq + SEQ_BLOCK
+        if self._reserve is not None:
+            self._reserve(self._reserved_until)
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Register a non-blocking callback; returns the function that unsubscribes it."""
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def subscribe_from(
+        self, last_seq: int, subscriber: Subscriber
+    ) -> tuple[list[Event] | None, Callable[[], None]]:
+        """Atomically take the backlog after ``last_seq`` and subscribe to what follows.
+
+        Returns (backlog, unsubscribe); backlog is None when events after
+        ``last_seq`` are no longer held, and the reader must resync.
+        No event is lost or doubled between the backlog and the live stream.
+        """
+        with self._lock:
+            backlog = self._since_locked(last_seq)
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+        return backlog, unsubscribe
+
+    def since(self, last_seq: int, limit: int | None = None) -> list[Event] | None:
+        """Events after ``last_seq`` in order, or None when some of them are gone."""
+        with self._lock:
+            events = self._since_locked(last_seq)
+        if events is not None and limit is not None:
+            return events[-limit:]
+        return events
+
+    def _since_locked(self, last_seq: int) -> list[Event] | None:
+        if last_seq >= self._seq:
+            return [] if last_seq == self._seq else None
+        oldest = self._ring[0].seq if self._ring else self._seq + 1
+        if last_seq + 1 < oldest:
+            return None
+        start = last_seq + 1 - oldest
+        return [self._ring[i] for i in range(start, len(self._ring))]
+
+    def wait_for(self, last_seq: int, timeout: float) -> bool:
+        """Block until an event after ``last_seq`` exists (for pull readers and tests)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._seq > last_seq, timeout)

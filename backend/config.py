@@ -1,0 +1,181 @@
+"""Settings read from the environment once, validated once.
+
+Every variable of the contract is optional. A bad value stops start-up with a
+``ConfigError`` whose message is one line naming the variable, so that
+``python -m backend`` can print it instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_TOPIC_PATTERN = r"^(?!_)(?!.*\.DLQ$).+$"
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the backend and the dashboard read from the environment."""
+
+    bootstrap_servers: str | None = None
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = DEFAULT_TOPIC_PATTERN
+    group_id: str = "consumer-dashboard"
+    consumer_count: int = 3
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 3001
+    producer_port: int = 3000
+    data_dir: Path = Path("data")
+    cors_origins: tuple[str, ...] = ()
+    auth_token: str | None = None
+    backend_url: str | None = None
+    max_message_bytes: int = 1_048_576
+    topic_partitions: int = 3
+    processor: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no cluster is configured and the embedded broker is used."""
+        return not self.bootstrap_servers
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Security options shared by every kafka-python client we create."""
+        options: dict[str, object] = {}
+        if self.security_protocol:
+            options["security_protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            options["sasl_plain_username"] = self.sasl_username
+        if self.sasl_password:
+            options["sasl_plain_password"] = self.sasl_password
+        if self.ssl_cafile:
+            options["ssl_cafile"] = self.ssl_cafile
+        return options
+
+    def topic_matches(self, topic: str) -> bool:
+        """Whether the consumers should read ``topic`` (per KAFKA_TOPICS)."""
+        if self.topics:
+            return topic in self.topics
+        return bool(self.topic_pattern and re.match(self.topic_pattern, topic))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the contract's variables; raise ConfigError on a bad one."""
+        env = os.environ if env is None else env
+        topics, pattern = _topics(env.get("KAFKA_TOPICS", "").strip())
+        return cls(
+            bootstrap_servers=_bootstrap(env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()) or None,
+            topics=topics,
+            topic_pattern=pattern,
+            group_id=env.get("KAFKA_GROUP_ID", "").strip() or "consumer-dashboard",
+            consumer_count=_int(env, "CONSUMER_COUNT", 3, 0, 64),
+            security_protocol=_choice(env, "KAFKA_SECURITY_PROTOCOL", SECURITY_PROTOCOLS),
+            sasl_mechanism=_choice(env, "KAFKA_SASL_MECHANISM", SASL_MECHANISMS),
+            sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=_existing_file(env, "KAFKA_SSL_CAFILE"),
+            gateway_host=env.get("GATEWAY_HOST", "").strip() or "127.0.0.1",
+            gateway_port=_int(env, "GATEWAY_PORT", 3001, 0, 65535),
+            producer_port=_int(env, "PRODUCER_PORT", 3000, 0, 65535),
+            data_dir=Path(env.get("DATA_DIR", "").strip() or "data"),
+            cors_origins=_csv(env.get("CORS_ORIGINS", "")),
+            auth_token=env.get("AUTH_TOKEN") or None,
+            backend_url=_url(env, "BACKEND_URL"),
+            max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, 1, 100 * 1_048_576),
+            topic_partitions=_int(env, "TOPIC_PARTITIONS", 3, 1, 1000),
+            processor=_processor(env.get("PROCESSOR", "").strip()),
+        )
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if raw.upper() not in allowed:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(allowed)}")
+    return raw.upper()
+
+
+def _existing_file(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if raw and not Path(raw).is_file():
+        raise ConfigError(f"{name}={raw!r}: no such file")
+    return raw or None
+
+
+def _bootstrap(raw: str) -> str:
+    for server in _csv(raw):
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {server!r} is not host:port")
+    return ",".join(_csv(raw))
+
+
+def _topics(raw: str) -> tuple[tuple[str, ...], str | None]:
+    if not raw:
+        return (), DEFAULT_TOPIC_PATTERN
+    if raw.startswith("re:"):
+        pattern = raw[3:]
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"KAFKA_TOPICS: bad regular expression {pattern!r} ({exc})") from None
+        return (), pattern
+    topics = _csv(raw)
+    for topic in topics:
+        if not is_valid_topic(topic):
+            raise ConfigError(f"KAFKA_TOPICS: {topic!r} is not a valid topic name")
+    return topics, None
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip().rstrip("/")
+    if raw and not re.match(r"^https?://[^/\s]+", raw):
+        raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
+    return raw or None
+
+
+def _processor(raw: str) -> str | None:
+    if raw and not re.match(r"^[\w.]+:\w+$", raw):
+        raise ConfigError(f"PROCESSOR={raw!r} is not package.module:function")
+    return raw or None
+
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def is_valid_topic(name: str) -> bool:
+    """Kafka's own rule: 1-249 of [A-Za-z0-9._-], and not '.' or '..'."""
+    return bool(TOPIC_NAME.match(name)) and name not in (".", "..")

@@ -1,0 +1,361 @@
+"""The composition root: wires broker, store, bus, consumers and the HTTP services.
+
+Used by ``python -m backend`` and by the dashboard (in-process mode), so both
+run exactly the same system. Nothing else constructs these pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from backend import events
+from backend.bus import EventBus
+from backend.config import ConfigError, Settings, is_valid_topic
+from backend.consumers import ConsumerPool
+from backend.store import Store
+
+log = logging.getLogger(__name__)
+
+STATS_MIN_INTERVAL_S = 0.02
+BROKER_PROBE_INTERVAL_S = 1.0
+CONNECT_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the backend is serving, and if not, why."""
+
+    ok: bool
+    reason: str | None
+    broker: str
+    broker_reachable: bool
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.ok else "unavailable",
+            "reason": self.reason,
+            "broker": self.broker,
+            "brokerReachable": self.broker_reachable,
+            "timestamp": events.now_iso(),
+        }
+
+
+@dataclass(frozen=True)
+class Produced:
+    """Where a produced record landed."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class StatsPublisher(threading.Thread):
+    """Publishes stats-updated after outcomes, merging bursts, never later than ~20 ms."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(name="stats-publisher", daemon=True)
+        self.backend = backend
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+
+    def poke(self) -> None:
+        self._dirty.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._dirty.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            self._dirty.wait()
+            if self._stopping.is_set():
+                return
+            self._dirty.clear()
+            self.backend.bus.publish(events.STATS_UPDATED, self.backend.statistics())
+            log.debug("Broadcasted stats update")
+            self._stopping.wait(STATS_MIN_INTERVAL_S)
+
+
+class BrokerProbe(threading.Thread):
+    """Checks once a second that a bootstrap server accepts TCP connections."""
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__(name="broker-probe", daemon=True)
+        self.bootstrap = bootstrap
+        self.reachable = True
+        self.reason: str | None = None
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def check(self) -> bool:
+        errors = []
+        for server in self.bootstrap.split(","):
+            host, _, port = server.rpartition(":")
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                    self.reachable, self.reason = True, None
+                    return True
+            except OSError as exc:
+                errors.append(f"{server}: {exc.strerror or exc}")
+        self.reachable, self.reason = False, "broker unreachable (" + "; ".join(errors) + ")"
+        return False
+
+    def run(self) -> None:
+        while not self._stopping.wait(BROKER_PROBE_INTERVAL_S):
+            was = self.reachable
+            if self.check() != was:
+                log.warning("Broker %s", "reachable again" if self.reachable else self.reason)
+
+
+class Backend:
+    """The whole backend: start(), stop(), and the operations the APIs and pages need."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: Any = None
+        self.bootstrap = settings.bootstrap_servers or ""
+        self.cluster_id = ""
+        self.store: Store | None = None
+        self.bus = EventBus()
+        self.pool: ConsumerPool | None = None
+        self.stats = StatsPublisher(self)
+        self.probe: BrokerProbe | None = None
+        self.started_at = events.now_iso()
+        self._producer: KafkaProducer | None = None
+        self._producer_lock = threading.Lock()
+        self._known_topics: set[str] = set()
+        self._http: HttpServers | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, serve_http: bool = True) -> Backend:
+        """Start everything; raises ConfigError (or BrokerError) with one clear line."""
+        sockets = bind_sockets(self.settings) if serve_http else None
+        self.store = Store(self.settings.data_dir)
+        start_seq = int(self.store.get_meta("seq_reserved") or 0)
+        self.bus = EventBus(
+            start_seq=start_seq, reserve=lambda n: self.store.set_meta("seq_reserved", str(n))
+        )
+        self._start_broker()
+        self.probe = BrokerProbe(self.bootstrap)
+        self.probe.start()
+        self.stats.start()
+        self.pool = ConsumerPool(
+            self.settings, self.bootstrap, self.cluster_id, self.store, self.bus, self.stats.poke
+        )
+        self.pool.start(self.settings.consumer_count)
+        if sockets:
+            self._http = HttpServers(self, sockets)
+            self._http.start()
+        log.info("Backend started: broker %s, %d consumers", self.bootstrap, self.settings.consumer_count)
+        return self
+
+    def _start_broker(self) -> None:
+        if self.settings.embedded:
+            from backend.broker import EmbeddedBroker
+
+            self.broker = EmbeddedBroker(self.settings.data_dir)
+            self.bootstrap = self.broker.start()
+            self.cluster_id = self.broker.cluster_id
+        else:
+            self.cluster_id = discover_cluster_id(self.settings)
+
+    def stop(self) -> None:
+        """Stop in reverse order; safe to call twice."""
+        if self._http:
+            self._http.stop()
+            self._http = None
+        if self.pool:
+            self.pool.stop_all()
+        self.stats.stop()
+        if self.probe:
+            self.probe.stop()
+        if self._producer:
+            self._producer.close(timeout=5)
+            self._producer = None
+        if self.store:
+            self.store.set_meta("seq_reserved", str(self.bus.last_seq))
+            self.store.close()
+            self.store = None
+        if self.broker:
+            self.broker.stop()
+            self.broker = None
+        log.info("Backend stopped")
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """The stats-updated payload, from the store's exact counters."""
+        counts = self.store.counts() if self.store else None
+        active = self.pool.active_count if self.pool else 0
+        if counts is None:
+            return events.stats_updated(0, 0, 0, active)
+        return events.stats_updated(counts.total, counts.processed, counts.failed, active)
+
+    def health(self) -> Health:
+        """200-worthy once consumers have reached the broker; the reason otherwise."""
+        reachable = self.probe.reachable if self.probe else False
+        reason: str | None = None
+        if self.pool is None or self.probe is None:
+            reason = "starting"
+        elif not reachable:
+            reason = self.probe.reason or "broker unreachable"
+        elif not self.pool.all_polled():
+            reason = "consumers are connecting to the broker"
+        return Health(reason is None, reason, self.bootstrap, reachable)
+
+    # --- operations ---------------------------------------------------------------------------
+
+    def start_consumer(self) -> str:
+        assert self.pool is not None
+        return self.pool.spawn()
+
+    def stop_consumer(self, consumer_id: str) -> bool:
+        assert self.pool is not None
+        return self.pool.stop_consumer(consumer_id)
+
+    def produce(self, topic: str, value: bytes, data_type: str, key: bytes | None = None) -> Produced:
+        """Send one record with its data-type header, creating the topic when missing."""
+        if not is_valid_topic(topic):
+            raise ValueError(
+                f"invalid topic name {topic[:60]!r}: use 1-249 of letters, digits, '.', '_', '-'"
+            )
+        self.ensure_topic(topic)
+        headers = [("data-type", data_type.encode())]
+        metadata = self.producer().send(topic, value=value, key=key, headers=headers).get(timeout=15)
+        return Produced(topic, metadata.partition, metadata.offset)
+
+    def producer(self) -> KafkaProducer:
+        with self._producer_lock:
+            if self._producer is None:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.bootstrap,
+                    acks="all",
+                    linger_ms=0,
+                    max_request_size=max(self.settings.max_message_bytes * 2, 1_048_576),
+                    **self.settings.kafka_client_options(),
+                )
+            return self._producer
+
+    def ensure_topic(self, topic: str) -> None:
+        """Create the topic (TOPIC_PARTITIONS partitions) unless we know it exists."""
+        if topic in self._known_topics:
+            return
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.settings.kafka_client_options())
+        try:
+            if topic not in set(admin.list_topics()):
+                try:
+                    admin.create_topics([NewTopic(topic, self.settings.topic_partitions, 1)])
+                    log.info("Created topic %s with %d partitions", topic, self.settings.topic_partitions)
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            admin.close()
+        self._known_topics.add(topic)
+
+
+def discover_cluster_id(settings: Settings) -> str:
+    """Ask the configured cluster for its id; a clear ConfigError when nobody answers."""
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
+            **settings.kafka_client_options(),
+        )
+    except Exception as exc:
+        raise ConfigError(
+            f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}: no broker answered ({exc})"
+        ) from None
+    try:
+        consumer.topics()
+        cluster_id = consumer._client.cluster.cluster_id  # noqa: SLF001 - kafka-python has no public getter
+    except Exception as exc:
+        raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}: {exc}") from None
+    finally:
+        consumer.close()
+    return cluster_id or settings.bootstrap_servers or "kafka"
+
+
+def bind_sockets(settings: Settings) -> dict[str, socket.socket]:
+    """Bind both ports before anything else starts, so 'port in use' is a clear start-up error."""
+    bound: dict[str, socket.socket] = {}
+    for name, port in (("GATEWAY_PORT", settings.gateway_port), ("PRODUCER_PORT", settings.producer_port)):
+        sock = socket.socket(socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.gateway_host, port))
+        except OSError as exc:
+            sock.close()
+            for other in bound.values():
+                other.close()
+            raise ConfigError(
+                f"{name}={port}: cannot listen on {settings.gateway_host}:{port} ({exc.strerror})"
+            ) from None
+        sock.listen(2048)
+        sock.setblocking(False)
+        bound[name] = sock
+    return bound
+
+
+class HttpServers(threading.Thread):
+    """The gateway and the producer API, served by uvicorn on one asyncio loop in its own thread."""
+
+    def __init__(self, backend: Backend, sockets: dict[str, socket.socket]) -> None:
+        super().__init__(name="http-servers", daemon=True)
+        self.backend = backend
+        self.sockets = sockets
+        self.servers: list[Any] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        import uvicorn
+
+        from backend.gateway import create_gateway_app
+        from backend.producer_api import create_producer_app
+
+        self.loop = asyncio.get_running_loop()
+        apps = (
+            (create_gateway_app(self.backend), self.sockets["GATEWAY_PORT"]),
+            (create_producer_app(self.backend), self.sockets["PRODUCER_PORT"]),
+        )
+        tasks = []
+        for app, sock in apps:
+            config = uvicorn.Config(app, ws="websockets-sansio", log_level="warning", lifespan="on")
+            server = uvicorn.Server(config)
+            self.servers.append(server)
+            tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+        self.ready.set()
+        await asyncio.gather(*tasks)
+
+    def stop(self, wait: float = 10.0) -> None:
+        for server in self.servers:
+            server.should_exit = True
+        self.join(wait)
+        for sock in self.sockets.values():
+            sock.close()
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    """Poll a cheap local predicate until true or the deadline passes (start-up helpers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
