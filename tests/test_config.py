@@ -1,0 +1,82 @@
+"""Settings: defaults, parsing, and one clear line for every bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.config import ConfigError, Settings, is_valid_topic
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = Settings.from_env({})
+    assert settings.embedded and settings.bootstrap_servers is None
+    assert (settings.gateway_host, settings.gateway_port, settings.producer_port) == ("127.0.0.1", 3001, 3000)
+    assert (settings.group_id, settings.consumer_count) == ("consumer-dashboard", 3)
+    assert settings.topic_matches("orders") and settings.topic_matches("a.b-c_d")
+    assert not settings.topic_matches("__consumer_offsets")
+    assert not settings.topic_matches("_schemas")
+    assert not settings.topic_matches("orders.DLQ")
+
+
+def test_topics_as_list_or_regex() -> None:
+    listed = Settings.from_env({"KAFKA_TOPICS": "orders, payments"})
+    assert listed.topics == ("orders", "payments") and not listed.topic_matches("other")
+    pattern = Settings.from_env({"KAFKA_TOPICS": "re:^sales-.*"})
+    assert pattern.topic_matches("sales-eu") and not pattern.topic_matches("orders")
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"CONSUMER_COUNT": "three"}, "CONSUMER_COUNT"),
+        ({"CONSUMER_COUNT": "-1"}, "CONSUMER_COUNT"),
+        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+        ({"PRODUCER_PORT": "x"}, "PRODUCER_PORT"),
+        ({"KAFKA_SECURITY_PROTOCOL": "CARRIER_PIGEON"}, "KAFKA_SECURITY_PROTOCOL"),
+        ({"KAFKA_SASL_MECHANISM": "MAGIC"}, "KAFKA_SASL_MECHANISM"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "KAFKA_BOOTSTRAP_SERVERS"),
+        ({"KAFKA_TOPICS": "re:(unclosed"}, "KAFKA_TOPICS"),
+        ({"KAFKA_TOPICS": "bad topic!"}, "KAFKA_TOPICS"),
+        ({"KAFKA_SSL_CAFILE": "/no/such/file.pem"}, "KAFKA_SSL_CAFILE"),
+        ({"BACKEND_URL": "ftp://x"}, "BACKEND_URL"),
+        ({"PROCESSOR": "not a spec"}, "PROCESSOR"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert message.startswith(variable) and "\n" not in message
+
+
+def test_security_options_reach_the_kafka_clients() -> None:
+    settings = Settings.from_env(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "KAFKA_SASL_MECHANISM": "PLAIN",
+            "KAFKA_SASL_USERNAME": "u",
+            "KAFKA_SASL_PASSWORD": "p",
+        }
+    )
+    assert settings.kafka_client_options() == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("test", True),
+        ("a.b_c-1", True),
+        ("..", False),
+        ("", False),
+        ("x" * 250, False),
+        ("white space", False),
+        ("<script>", False),
+    ],
+)
+def test_topic_names(name: str, valid: bool) -> None:
+    assert is_valid_topic(name) is valid
