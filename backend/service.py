@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 STATS_MIN_INTERVAL_S = 0.02
 BROKER_PROBE_INTERVAL_S = 1.0
-CONNECT_TIMEOUT_S = 15.0
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,12 @@ class Backend:
 
 def discover_cluster_id(settings: Settings) -> str:
     """Ask the configured cluster for its id; a clear ConfigError when nobody answers."""
+    probe = BrokerProbe(settings.bootstrap_servers or "")
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while not probe.check():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}: {probe.reason}")
+        time.sleep(0.5)
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
@@ -349,13 +355,3 @@ class HttpServers(threading.Thread):
         self.join(wait)
         for sock in self.sockets.values():
             sock.close()
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    """Poll a cheap local predicate until true or the deadline passes (start-up helpers)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
