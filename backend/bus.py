@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from backend.events import Event
@@ -56,21 +56,27 @@ class EventBus:
 
     def publish(self, name: str, data: dict[str, Any]) -> Event:
         """Give the event the next sequence number, keep it, and hand it to every subscriber."""
+        return self.publish_many(((name, data),))[0]
+
+    def publish_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[Event]:
+        """Publish several events in order under one lock (a consumer's batch)."""
         with self._lock:
-            if self._seq >= self._reserved_until:
-                self._reserve_block()
-            self._seq += 1
-            event = Event(self._seq, name, data)
-            self._ring.append(event)
-            subscribers = tuple(self._subscribers)
-            for subscriber in subscribers:
+            published = []
+            for name, data in items:
+                if self._seq >= self._reserved_until:
+                    self._reserve_block()
+                self._seq += 1
+                published.append(Event(self._seq, name, data))
+            self._ring.extend(published)
+            for subscriber in tuple(self._subscribers):
                 try:
-                    subscriber(event)
+                    for event in published:
+                        subscriber(event)
                 except Exception:  # a broken reader must not break the publisher
                     log.exception("event subscriber failed; removing it")
                     self._subscribers.remove(subscriber)
             self._changed.notify_all()
-        return event
+        return published
 
     def _reserve_block(self) -> None:
         self._reserved_until = self._seq + SEQ_BLOCK

@@ -220,8 +220,24 @@ class ConsumerWorker(threading.Thread):
                 continue
             self.polled.set()
             if batch:
-                self._handle(consumer, batch)
+                self._handle_or_rewind(consumer, batch)
             self._update_positions(consumer)
+
+    def _handle_or_rewind(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Handle a batch; if storing fails (disk full, locked database), rewind and try again later."""
+        try:
+            self._handle(consumer, batch)
+        except Exception as exc:
+            self._fail(f"batch not stored, will retry: {exc}")
+            self.pool.store.forget_in_flight(
+                events.make_log_id(self.pool.cluster_id, r.topic, r.partition, r.offset)
+                for records in batch.values()
+                for r in records
+            )
+            for tp, records in batch.items():
+                if records:
+                    consumer.seek(tp, records[0].offset)
+            self._stopping.wait(1.0)
 
     def _apply_assignment(self, consumer: KafkaConsumer) -> bool:
         """Take the partitions the pool gave us (between batches); whether we hold any."""
@@ -377,37 +393,51 @@ class ConsumerPool:
     # --- the work -----------------------------------------------------------------------------
 
     def process_batch(self, consumer_id: str, records: list[Any]) -> list[LogRow]:
-        """Decode and process each new record, publishing received/started; return the rows to store."""
+        """Decode and process the batch's new records; return the rows to store.
+
+        ``message-received`` and ``processing-started`` for the whole batch go
+        out under one bus lock before any user processor runs, which keeps the
+        per-record order (received, started, then the outcome) at a fraction of
+        the cost of publishing record by record.
+        """
         ids = [events.make_log_id(self.cluster_id, r.topic, r.partition, r.offset) for r in records]
         already = self.store.known(ids)
-        rows: list[LogRow] = []
-        for record, log_id in zip(records, ids, strict=True):
-            if log_id not in already:
-                rows.append(self._process_one(consumer_id, record, log_id))
-        return rows
-
-    def _process_one(self, consumer_id: str, record: Any, log_id: str) -> LogRow:
+        fresh = [
+            (record, log_id) for record, log_id in zip(records, ids, strict=True) if log_id not in already
+        ]
+        if not fresh:
+            return []
         received_ms = events.now_ms()
-        self.store.mark_in_flight(log_id)
-        headers = processing.header_map(record.headers)
-        decoded = processing.decode_record(record.value, headers, self.settings.max_message_bytes)
-        self.bus.publish(
-            events.MESSAGE_RECEIVED,
-            events.message_received(
-                log_id,
-                record.topic,
-                record.partition,
-                record.offset,
-                decoded.data_type,
-                decoded.row_count,
+        self.store.mark_in_flight([log_id for _, log_id in fresh])
+        decoded = [self._decode(record, log_id) for record, log_id in fresh]
+        announcements: list[tuple[str, dict[str, Any]]] = []
+        for record, log_id, _, outcome in decoded:
+            announcements.append((events.MESSAGE_RECEIVED, events.message_received(
+                log_id, record.topic, record.partition, record.offset, outcome.data_type, outcome.row_count,
                 received_ms,
-            ),
+            )))  # fmt: skip
+            announcements.append(
+                (events.PROCESSING_STARTED, events.processing_started(log_id, consumer_id, received_ms))
+            )
+        self.bus.publish_many(announcements)
+        if log.isEnabledFor(logging.DEBUG):
+            for _, log_id, _, _ in decoded:
+                log.debug("Broadcasted message-received for log %s", log_id)
+        return [self._finish(consumer_id, item, received_ms) for item in decoded]
+
+    def _decode(self, record: Any, log_id: str) -> tuple[Any, str, dict[str, str], processing.Outcome]:
+        headers = processing.header_map(record.headers)
+        return (
+            record,
+            log_id,
+            headers,
+            processing.decode_record(record.value, headers, self.settings.max_message_bytes),
         )
-        log.debug("Broadcasted message-received for log %s", log_id)
-        started_ms = events.now_ms()
-        self.bus.publish(
-            events.PROCESSING_STARTED, events.processing_started(log_id, consumer_id, started_ms)
-        )
+
+    def _finish(
+        self, consumer_id: str, item: tuple[Any, str, dict[str, str], processing.Outcome], received_ms: int
+    ) -> LogRow:
+        record, log_id, headers, decoded = item
         outcome = processing.apply_processor(
             decoded, self.processor, record.topic, record.partition, record.offset, record.key, headers
         )
@@ -425,29 +455,29 @@ class ConsumerPool:
             error=outcome.error,
             produced_ms=record.timestamp if record.timestamp and record.timestamp > 0 else None,
             received_ms=received_ms,
-            started_ms=started_ms,
+            started_ms=received_ms,
             completed_ms=events.now_ms(),
             size_bytes=None if record.value is None else len(record.value),
             payload=outcome.payload,
             result=_jsonable(outcome.result),
+            payload_json=outcome.payload_json,
         )
 
     def store_batch(self, consumer_id: str, rows: list[LogRow]) -> list[bool]:
         """Store the outcomes, then announce the ones that were new (exactly one outcome per logId)."""
         inserted = self.store.save(rows)
+        outcomes: list[tuple[str, dict[str, Any]]] = []
         for row, new in zip(rows, inserted, strict=True):
             if not new:
                 continue
+            completed_ms = row.completed_ms or events.now_ms()
             if row.status == events.PROCESSED:
-                data = events.processing_completed(
-                    row.log_id, consumer_id, row.completed_ms or events.now_ms()
-                )
-                self.bus.publish(events.PROCESSING_COMPLETED, data)
+                data = events.processing_completed(row.log_id, consumer_id, completed_ms)
+                outcomes.append((events.PROCESSING_COMPLETED, data))
             else:
-                data = events.processing_failed(
-                    row.log_id, consumer_id, row.error or "", row.completed_ms or 0
-                )
-                self.bus.publish(events.PROCESSING_FAILED, data)
+                data = events.processing_failed(row.log_id, consumer_id, row.error or "", completed_ms)
+                outcomes.append((events.PROCESSING_FAILED, data))
+        self.bus.publish_many(outcomes)
         if rows:
             self.on_outcomes()
         return inserted

@@ -7,10 +7,10 @@ are integers; statuses are upper case.
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
+import hashlib
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 CONNECTION_SUCCESS = "connection-success"
 MESSAGE_RECEIVED = "message-received"
@@ -43,18 +43,28 @@ STATUSES = (RECEIVED, PROCESSING, PROCESSED, FAILED)
 ACTIVE = "ACTIVE"
 INACTIVE = "INACTIVE"
 
-_LOG_NAMESPACE = uuid.UUID("6f1c2a8e-5d0b-4c41-9a57-3f0e8b7d2c19")
+_second_cache: tuple[int, str] = (-1, "")
 
 
 def iso_from_ms(epoch_ms: int | float) -> str:
-    """Epoch milliseconds as ISO-8601 UTC with milliseconds and Z."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """Epoch milliseconds as ISO-8601 UTC with milliseconds and Z.
+
+    Called several times per record on the hot path; strftime is the costly
+    part, so the formatted second is cached (the tuple swap is atomic).
+    """
+    global _second_cache
+    millis = int(epoch_ms)
+    second, fraction = divmod(millis, 1000)
+    cached_second, text = _second_cache
+    if cached_second != second:
+        text = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_cache = (second, text)
+    return f"{text}{fraction:03d}Z"
 
 
 def now_ms() -> int:
     """Wall-clock time in epoch milliseconds."""
-    return int(datetime.now(tz=UTC).timestamp() * 1000)
+    return time.time_ns() // 1_000_000
 
 
 def now_iso() -> str:
@@ -70,12 +80,14 @@ def make_log_id(cluster_id: str, topic: str, partition: int, offset: int) -> str
     (memory-only) broker starts a new cluster on every start, and its offsets
     name different records then.
     """
-    return str(uuid.uuid5(_LOG_NAMESPACE, f"{cluster_id}/{topic}/{partition}/{offset}"))
+    digest = hashlib.blake2b(
+        f"{cluster_id}/{topic}/{partition}/{offset}".encode(), digest_size=16
+    ).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
 
 
-@dataclass(frozen=True)
-class Event:
-    """One published event: its sequence number, name and payload."""
+class Event(NamedTuple):
+    """One published event: its sequence number, name and payload (a tuple: cheap to make)."""
 
     seq: int
     name: str

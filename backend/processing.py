@@ -43,15 +43,16 @@ class DecodedRecord:
     headers: dict[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
-    """How processing one record ended."""
+    """How processing one record ended; ``payload_json`` is the payload as JSON text, when known."""
 
     data_type: str
     row_count: int
     payload: Any = None
     result: Any = None
     error: str | None = None
+    payload_json: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,8 +67,8 @@ def header_map(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, 
     return result
 
 
-def decode(value: bytes | None, headers: dict[str, str], max_bytes: int) -> tuple[str, int, Any]:
-    """Decide (dataType, rowCount, payload) from the data-type header, else from the content."""
+def decode(value: bytes | None, headers: dict[str, str], max_bytes: int) -> tuple[str, int, Any, str | None]:
+    """Decide (dataType, rowCount, payload, JSON text) from the data-type header, else from the content."""
     if value is None or len(value) == 0:
         raise DecodeError("empty message")
     if len(value) > max_bytes:
@@ -83,15 +84,15 @@ def decode(value: bytes | None, headers: dict[str, str], max_bytes: int) -> tupl
         raise DecodeError(f"unknown data-type header {declared[:40]!r}")
     if declared == CSV_BATCH:
         rows = parse_csv(text)
-        return CSV_BATCH, len(rows), rows
+        return CSV_BATCH, len(rows), rows, None
     if declared == SINGLE_MESSAGE or looks_like_json(text):
         payload = parse_json(text)
-        return SINGLE_MESSAGE, len(payload) if isinstance(payload, list) else 1, payload
+        return SINGLE_MESSAGE, len(payload) if isinstance(payload, list) else 1, payload, text
     try:
         rows = parse_csv(text)
     except DecodeError as exc:
         raise DecodeError(f"neither JSON nor CSV with a header row: {exc}") from None
-    return CSV_BATCH, len(rows), rows
+    return CSV_BATCH, len(rows), rows, None
 
 
 def looks_like_json(text: str) -> bool:
@@ -112,7 +113,7 @@ def _is_number(text: str) -> bool:
 def parse_json(text: str) -> Any:
     """Strict JSON (no NaN/Infinity), with the position of the first error."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _STRICT_JSON.decode(text)
     except json.JSONDecodeError as exc:
         raise DecodeError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
@@ -121,6 +122,9 @@ def parse_json(text: str) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise DecodeError(f"invalid JSON: {name} is not allowed")
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def parse_csv(text: str) -> list[dict[str, str]]:
@@ -161,11 +165,11 @@ def decode_record(value: bytes | None, headers: dict[str, str], max_bytes: int) 
     """Decode one record's value; a decoding problem becomes an error outcome."""
     declared = headers.get("data-type", "").strip().upper()
     try:
-        data_type, row_count, payload = decode(value, headers, max_bytes)
+        data_type, row_count, payload, payload_json = decode(value, headers, max_bytes)
     except DecodeError as exc:
         fallback = declared if declared in DATA_TYPES else SINGLE_MESSAGE
         return Outcome(fallback, 0, error=str(exc))
-    return Outcome(data_type, row_count, payload)
+    return Outcome(data_type, row_count, payload, payload_json=payload_json)
 
 
 def apply_processor(
@@ -187,8 +191,10 @@ def apply_processor(
         result = processor(record)
     except Exception as exc:  # the plugin point: any error is the record's failure, not ours
         log.debug("processor failed for %s-%s@%s", topic, partition, offset, exc_info=True)
-        return Outcome(decoded.data_type, decoded.row_count, decoded.payload, error=_error_text(exc))
-    return Outcome(decoded.data_type, decoded.row_count, decoded.payload, result=result)
+        decoded.error = _error_text(exc)
+        return decoded
+    decoded.result = result
+    return decoded
 
 
 def _text(key: bytes | None) -> str | None:

@@ -56,9 +56,9 @@ LOG_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LogRow:
-    """One processed Kafka record, as stored."""
+    """One processed Kafka record, as stored (``payload_json``: the payload's JSON text, when known)."""
 
     log_id: str
     cluster_id: str
@@ -78,6 +78,7 @@ class LogRow:
     size_bytes: int | None
     payload: Any = None
     result: Any = None
+    payload_json: str | None = None
 
     def to_api(self, with_payload: bool = False) -> dict[str, Any]:
         """The contract's log object (REST and dashboard)."""
@@ -167,10 +168,10 @@ class Store:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def mark_in_flight(self, log_id: str) -> None:
-        """A record was received and is not stored yet: it counts in totalMessages."""
+    def mark_in_flight(self, log_ids: Iterable[str]) -> None:
+        """Records were received and are not stored yet: they count in totalMessages."""
         with self._count_lock:
-            self._in_flight.add(log_id)
+            self._in_flight.update(log_ids)
 
     def forget_in_flight(self, log_ids: Iterable[str]) -> None:
         """Records whose processing was abandoned (a lost partition); they will come again."""
@@ -189,24 +190,43 @@ class Store:
         return found
 
     def save(self, rows: list[LogRow]) -> list[bool]:
-        """Store outcomes in one transaction; per row, whether it was new (False: already stored)."""
+        """Store outcomes in one transaction; per row, whether it was new (False: already stored).
+
+        The common case (no row stored before) is one executemany; only when the
+        change count shows a duplicate does it look up which rows were new.
+        """
         if not rows:
             return []
-        inserted: list[bool] = []
         sql = f"INSERT OR IGNORE INTO logs ({LOG_COLUMNS}) VALUES ({','.join('?' * 18)})"
         with self._write_lock:
             cursor = self._writer.cursor()
             cursor.execute("BEGIN IMMEDIATE")
             try:
-                for row in rows:
-                    cursor.execute(sql, self._values(row))
-                    inserted.append(cursor.rowcount == 1)
+                present = self._present_locked(cursor, rows)
+                before = self._writer.total_changes
+                cursor.executemany(sql, [self._values(row) for row in rows if row.log_id not in present])
+                added = self._writer.total_changes - before
                 cursor.execute("COMMIT")
             except BaseException:
                 cursor.execute("ROLLBACK")
                 raise
+        inserted = [row.log_id not in present for row in rows]
+        if added != sum(inserted):  # duplicates inside the batch itself; cannot happen with Kafka offsets
+            raise RuntimeError(f"store: expected {sum(inserted)} new rows, wrote {added}")
         self._count(rows, inserted)
         return inserted
+
+    @staticmethod
+    def _present_locked(cursor: sqlite3.Cursor, rows: list[LogRow]) -> set[str]:
+        """Which rows are stored already, read inside the write transaction (so it stays true)."""
+        present: set[str] = set()
+        for start in range(0, len(rows), 500):
+            chunk = [row.log_id for row in rows[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            present.update(
+                r[0] for r in cursor.execute(f"SELECT log_id FROM logs WHERE log_id IN ({marks})", chunk)
+            )
+        return present
 
     @staticmethod
     def _values(row: LogRow) -> tuple[Any, ...]:
@@ -214,7 +234,7 @@ class Store:
             row.log_id, row.cluster_id, row.topic, row.partition, row.offset, row.record_key,
             row.data_type, row.row_count, row.status, row.consumer_id, row.error, row.produced_ms,
             row.received_ms, row.started_ms, row.completed_ms, row.size_bytes,
-            _to_json(row.payload), _to_json(row.result),
+            row.payload_json if row.payload_json is not None else _to_json(row.payload), _to_json(row.result),
         )  # fmt: skip
 
     def _count(self, rows: list[LogRow], inserted: list[bool]) -> None:

@@ -48,7 +48,7 @@ def test_counts_survive_a_reopen(tmp_path: Path) -> None:
 
 def test_in_flight_records_count_in_the_total(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    store.mark_in_flight(row(0).log_id)
+    store.mark_in_flight([row(0).log_id])
     assert store.counts().total == 1
     store.save([row(0)])
     assert (store.counts().total, store.counts().processed) == (1, 1)
