@@ -136,6 +136,7 @@ class ConsumerWorker(threading.Thread):
         self._lock = threading.Lock()
         self._desired: frozenset[TopicPartition] | None = None
         self._applied = threading.Event()
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
 
     def stop(self) -> None:
         """Ask the loop to finish its batch and leave the group."""
@@ -176,6 +177,7 @@ class ConsumerWorker(threading.Thread):
         try:
             self._loop(consumer)
         finally:
+            self._final_commit(consumer)
             try:
                 consumer.close(autocommit=False)
             except Exception:
@@ -264,12 +266,27 @@ class ConsumerWorker(threading.Thread):
                 elif new:
                     self.snapshot.failed += 1
         offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "", -1) for tp, recs in batch.items() if recs}
-        try:
-            consumer.commit(offsets)
-        except Exception as exc:  # a rebalance took the partition: the next owner skips stored records
-            log.warning(
-                "%s: commit failed (%s); stored records will be skipped on redelivery", self.consumer_id, exc
+        self._uncommitted.update(offsets)
+        # Asynchronous: the outcomes are stored already, so a lost commit only means a
+        # redelivery, and redelivered records are skipped. A synchronous commit per batch
+        # cost a broker round trip per 500 records (measured: a third of the pipeline time).
+        consumer.commit_async(offsets, callback=self._committed)
+
+    def _committed(self, offsets: dict[TopicPartition, OffsetAndMetadata], result: Any) -> None:
+        if isinstance(result, Exception):
+            log.info(
+                "%s: commit failed (%s); stored records are skipped on redelivery", self.consumer_id, result
             )
+
+    def _final_commit(self, consumer: KafkaConsumer) -> None:
+        """On the way out, commit what was stored, so the next owner starts right after it."""
+        if not self._uncommitted:
+            return
+        try:
+            owned = consumer.assignment()
+            consumer.commit({tp: om for tp, om in self._uncommitted.items() if tp in owned})
+        except Exception as exc:
+            log.info("%s: final commit failed (%s)", self.consumer_id, exc)
 
     def _update_positions(self, consumer: KafkaConsumer) -> None:
         """Record position and highwater per partition for the lag view; local reads only."""
