@@ -547,7 +547,9 @@ class PartitionAssigner(threading.Thread):
 
     def run(self) -> None:
         metadata = KafkaConsumer(
-            bootstrap_servers=self.pool.bootstrap, **self.pool.settings.kafka_client_options()
+            bootstrap_servers=self.pool.bootstrap,
+            enable_auto_commit=False,
+            **self.pool.settings.kafka_client_options(),
         )
         try:
             while not self._stopping.is_set():

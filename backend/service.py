@@ -7,6 +7,7 @@ run exactly the same system. Nothing else constructs these pieces.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -277,6 +278,7 @@ def discover_cluster_id(settings: Settings) -> str:
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
             request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
             **settings.kafka_client_options(),
         )
@@ -342,7 +344,10 @@ class HttpServers(threading.Thread):
         )
         tasks = []
         for app, sock in apps:
-            config = uvicorn.Config(app, ws="websockets-sansio", log_level="warning", lifespan="on")
+            # Long-polling requests (Engine.IO) would hold a graceful shutdown for up to 25 s.
+            config = uvicorn.Config(
+                app, ws="websockets-sansio", log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+            )
             server = uvicorn.Server(config)
             self.servers.append(server)
             tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
@@ -350,6 +355,13 @@ class HttpServers(threading.Thread):
         await asyncio.gather(*tasks)
 
     def stop(self, wait: float = 10.0) -> None:
+        """Close clients first (long-polling requests would hold the shutdown), then the servers."""
+        self.ready.wait(wait)  # a stop right after start must not miss servers still being created
+        for server in self.servers:
+            gateway = getattr(server.config.app, "gateway", None)
+            if gateway is not None and self.loop is not None:
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(gateway.close_clients(), self.loop).result(2)
         for server in self.servers:
             server.should_exit = True
         self.join(wait)

