@@ -17,7 +17,7 @@ fi
 
 for dir in tests/js examples/vue-client; do
   if [ -f "$dir/package.json" ]; then
-    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 done
 
