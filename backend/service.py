@@ -217,6 +217,18 @@ class Backend:
             reason = "consumers are connecting to the broker"
         return Health(reason is None, reason, self.bootstrap, reachable)
 
+    def http_serving(self) -> bool:
+        """Whether this process serves the gateway and the producer API."""
+        return bool(self._http is not None and self._http.is_alive() and self._http.ready.is_set())
+
+    def gateway_clients(self) -> int | None:
+        """Socket.IO and /ws clients connected to this process's gateway (None when not serving)."""
+        for server in self._http.servers if self._http else ():
+            gateway = getattr(server.config.app, "gateway", None)
+            if gateway is not None:
+                return int(gateway.client_count)
+        return None
+
     # --- operations ---------------------------------------------------------------------------
 
     def start_consumer(self) -> str:

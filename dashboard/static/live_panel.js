@@ -1,0 +1,410 @@
+// Live counters and live tail, updated in the browser without Streamlit reruns.
+//
+// Two sources feed one view, and the newest wins by sequence number:
+//  * Python snapshots (the `data` of each fragment run, about once a second), which carry the
+//    bus sequence number they reflect, and
+//  * the gateway's /ws, subscribed here with ?lastSeq=<that number>, so the gateway replays
+//    what happened since the snapshot and then streams each event as it happens.
+// When the browser cannot reach the gateway, the snapshots alone keep the view current.
+//
+// Payload values are user data: they are only ever written with textContent.
+
+const HUB = (window.__kafkaDashboardHub ||= { streams: new Map() });
+const MIN_RENDER_GAP_MS = 30;
+const RATE_WINDOW_MS = 10000;
+const LATENCY_KEEP = 2000;
+const EVENTS = new Set([
+  "message-received", "processing-started", "processing-completed", "processing-failed",
+  "stats-updated", "consumer-status-changed",
+]);
+
+window.__kdLatency ||= []; // [{event, seq, ms}] event timestamp -> handled in this page
+// "topic/partition/offset" -> {logId, eventMs, shownMs}: when a record's row first reached the DOM,
+// and the time of its message-received event. Bounded; read by the latency measurement in the tests.
+window.__kdShown ||= new Map();
+
+function wsUrl(stream) {
+  const url = new URL(stream.url);
+  if (stream.sameHost) url.hostname = window.location.hostname;
+  return url.toString();
+}
+
+class Stream {
+  constructor(url, token) {
+    this.url = url;
+    this.token = token;
+    this.views = new Set();
+    this.ws = null;
+    this.state = "connecting";
+    this.delay = 500;
+    this.timer = null;
+    this.seq = null;
+    this.openedAt = null;
+  }
+
+  add(view) {
+    this.views.add(view);
+    view.setMode(this.state, this.openedAt);
+    if (!this.ws && !this.timer) this.connect();
+  }
+
+  remove(view) {
+    this.views.delete(view);
+    if (this.views.size === 0) this.close();
+  }
+
+  connect() {
+    this.timer = null;
+    const query = new URLSearchParams();
+    const seqs = [...this.views].map((v) => v.seq).filter((s) => s !== null);
+    const last = this.seq ?? (seqs.length ? Math.min(...seqs) : null);
+    if (last !== null) query.set("lastSeq", String(last));
+    if (this.token) query.set("token", this.token);
+    const text = query.toString();
+    let ws;
+    try {
+      ws = new WebSocket(this.url + (text ? "?" + text : ""));
+    } catch (err) {
+      this.retry();
+      return;
+    }
+    this.ws = ws;
+    this.setState("connecting");
+    ws.onopen = () => {
+      this.delay = 500;
+      this.openedAt = Date.now();
+      this.setState("open");
+    };
+    ws.onmessage = (message) => {
+      let frame;
+      try {
+        frame = JSON.parse(message.data);
+      } catch (err) {
+        return;
+      }
+      if (frame.event === "resync-required") this.seq = null;
+      if (typeof frame.seq === "number") this.seq = frame.seq;
+      for (const view of this.views) view.onFrame(frame);
+    };
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.openedAt = null;
+      this.setState("closed");
+      this.retry();
+    };
+  }
+
+  retry() {
+    if (this.views.size === 0 || this.timer) return;
+    this.timer = setTimeout(() => this.connect(), this.delay);
+    this.delay = Math.min(this.delay * 2, 10000);
+  }
+
+  close() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close();
+    HUB.streams.delete(this.url);
+  }
+
+  setState(state) {
+    this.state = state;
+    for (const view of this.views) view.setMode(state, this.openedAt);
+  }
+}
+
+function streamFor(config) {
+  const url = wsUrl(config);
+  let stream = HUB.streams.get(url);
+  if (!stream) {
+    stream = new Stream(url, config.token);
+    HUB.streams.set(url, stream);
+  }
+  return stream;
+}
+
+const FORMAT = new Intl.NumberFormat();
+
+function clock(ms) {
+  if (!ms) return "";
+  const d = new Date(ms);
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+function cell(tr, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+class LiveView {
+  constructor(root, part) {
+    this.root = root;
+    this.part = part;
+    this.seq = null;
+    this.stats = {};
+    this.rows = new Map(); // logId -> row, oldest first
+    this.tailSize = 50;
+    this.serverRate = 0;
+    this.outcomes = []; // arrival times of outcomes seen over the stream
+    this.stream = null;
+    this.mode = "server";
+    this.openedAt = null;
+    this.lastRender = 0;
+    this.renderTimer = null;
+    this.trs = new Map(); // logId -> its <tr>, for the tail
+    this.lastLatency = null;
+    this.via = "snapshot";
+    this.reported = undefined; // the "streaming" state last sent to Python
+    this.setStateValue = null;
+    this.values = {};
+    for (const el of root.querySelectorAll("[data-k]")) this.values[el.dataset.k] = el;
+    this.tbody = root.querySelector("tbody");
+    this.empty = root.querySelector(".kd-empty");
+    this.modeText = root.querySelector(".kd-mode");
+    this.latencyText = root.querySelector(".kd-latency");
+    this.tick = setInterval(() => this.renderRate(), 1000);
+  }
+
+  applySnapshot(data) {
+    if (!data) return;
+    this.tailSize = data.tailSize || this.tailSize;
+    this.serverRate = data.rate || 0;
+    if (this.seq === null || data.seq > this.seq) {
+      this.seq = data.seq;
+      this.via = "snapshot";
+      this.stats = { ...(data.stats || {}) };
+      this.rows = new Map();
+      for (const row of [...(data.rows || [])].reverse()) this.rows.set(row.logId, { ...row });
+      this.schedule();
+    }
+    if (data.stream && !this.stream) {
+      this.stream = streamFor(data.stream);
+      this.stream.add(this);
+    } else if (!data.stream) {
+      this.setMode("server", null);
+    }
+    this.renderRate();
+  }
+
+  onFrame(frame) {
+    const { event, data, seq } = frame;
+    if (!EVENTS.has(event) || typeof seq !== "number" || !data) return;
+    if (this.seq !== null && seq <= this.seq) return;
+    this.seq = seq;
+    this.via = "stream";
+    this.apply(event, data);
+    if (data.timestamp) {
+      const ms = Date.now() - Date.parse(data.timestamp);
+      this.lastLatency = ms;
+      if (this.part === "counters") {
+        window.__kdLatency.push({ event, seq, ms });
+        if (window.__kdLatency.length > LATENCY_KEEP) window.__kdLatency.splice(0, LATENCY_KEEP / 2);
+      }
+    }
+    this.schedule();
+  }
+
+  apply(event, d) {
+    const s = this.stats;
+    const bump = (k) => (s[k] = (Number(s[k]) || 0) + 1);
+    if (event === "message-received") {
+      if (!this.rows.has(d.logId)) {
+        this.rows.set(d.logId, {
+          logId: d.logId, topic: d.topic, partition: d.partition, offset: d.offset,
+          dataType: d.dataType, rowCount: d.rowCount, status: "RECEIVED",
+          consumerId: null, error: null, time: Date.parse(d.timestamp),
+        });
+        bump("totalMessages");
+        while (this.rows.size > this.tailSize * 2) this.rows.delete(this.rows.keys().next().value);
+      }
+    } else if (event === "processing-started" || event === "processing-completed" || event === "processing-failed") {
+      const row = this.rows.get(d.logId);
+      if (row && row.status !== "PROCESSED" && row.status !== "FAILED") {
+        row.status = d.status || row.status;
+        row.consumerId = d.consumerId || row.consumerId;
+        row.error = d.error || null;
+      }
+      if (event === "processing-completed") bump("processedMessages");
+      if (event === "processing-failed") bump("failedMessages");
+      if (event !== "processing-started") {
+        const now = Date.now();
+        this.outcomes.push(now);
+        while (this.outcomes.length && this.outcomes[0] < now - RATE_WINDOW_MS) this.outcomes.shift();
+      }
+    } else if (event === "stats-updated") {
+      this.stats = { ...d };
+    }
+  }
+
+  setMode(state, openedAt) {
+    this.mode = state === "open" ? "ws" : this.stream ? state : "server";
+    this.openedAt = openedAt;
+    this.root.dataset.mode = this.mode;
+    // Tell Python whether this browser streams by itself; it then pushes snapshots less often.
+    const streaming = this.mode === "ws";
+    const settled = this.mode !== "connecting"; // report "open" or "not reachable", not attempts
+    if (this.part === "counters" && settled && this.setStateValue && this.reported !== streaming) {
+      this.reported = streaming;
+      this.setStateValue("streaming", streaming);
+    }
+    if (!this.modeText) return;
+    this.modeText.textContent =
+      this.mode === "ws"
+        ? "Live · streaming from the gateway"
+        : this.mode === "connecting"
+          ? "Live · connecting to the gateway…"
+          : "Live · refreshed every second";
+  }
+
+  schedule() {
+    if (this.renderTimer) return;
+    const wait = Math.max(0, this.lastRender + MIN_RENDER_GAP_MS - Date.now());
+    if (wait === 0) this.render();
+    else this.renderTimer = setTimeout(() => this.render(), wait);
+  }
+
+  rate() {
+    const now = Date.now();
+    const streaming = this.mode === "ws" && this.openedAt && now - this.openedAt >= RATE_WINDOW_MS;
+    if (!streaming) return this.serverRate;
+    return this.outcomes.filter((t) => t >= now - RATE_WINDOW_MS).length / (RATE_WINDOW_MS / 1000);
+  }
+
+  renderRate() {
+    // Once a second (and after snapshots): the rate and how late the last event was on screen.
+    if (this.part === "counters" && this.latencyText) {
+      const text =
+        this.lastLatency === null ? "" : `last event on screen ${Math.max(0, this.lastLatency)} ms after it happened`;
+      if (this.latencyText.textContent !== text) this.latencyText.textContent = text;
+    }
+    const el = this.part === "counters" ? this.values.rate : null;
+    if (el) {
+      const r = this.rate();
+      const text = r >= 10 ? FORMAT.format(Math.round(r)) : r.toFixed(1);
+      if (el.textContent !== text) el.textContent = text;
+    }
+  }
+
+  render() {
+    this.renderTimer = null;
+    this.lastRender = Date.now();
+    for (const [k, el] of Object.entries(this.part === "counters" ? this.values : {})) {
+      if (k === "rate") continue;
+      const v = this.stats[k];
+      const text = v === undefined || v === null ? "–" : FORMAT.format(v);
+      if (el.textContent !== text) el.textContent = text;
+    }
+    if (this.part === "tail") this.renderTail();
+  }
+
+  renderTail() {
+    // Keyed rows: a new record inserts one row, a status change edits one cell; nothing is rebuilt.
+    const rows = [...this.rows.values()].slice(-this.tailSize).reverse();
+    const wanted = new Set(rows.map((row) => row.logId));
+    for (const [logId, tr] of this.trs) {
+      if (!wanted.has(logId)) {
+        tr.remove();
+        this.trs.delete(logId);
+      }
+    }
+    const shownAt = Date.now();
+    // Highlight arrivals while they are few enough to follow (under 2 a second); beyond that the
+    // animations would only keep the browser repainting.
+    const arriving = rows.filter((row) => !this.trs.has(row.logId)).length;
+    this.arrivals = (this.arrivals || []).filter((t) => t > shownAt - 2000);
+    for (let i = 0; i < arriving; i++) this.arrivals.push(shownAt);
+    const flash = this.trs.size > 0 && this.arrivals.length < 4;
+    let previous = null;
+    for (const row of rows) {
+      let tr = this.trs.get(row.logId);
+      if (!tr) {
+        tr = this.makeRow(row, flash);
+        this.trs.set(row.logId, tr);
+        const where = `${row.topic}/${row.partition}/${row.offset}`;
+        if (!window.__kdShown.has(where)) {
+          window.__kdShown.set(where, { logId: row.logId, eventMs: row.time, shownMs: shownAt, via: this.via });
+        }
+      } else {
+        this.updateRow(tr, row);
+      }
+      const next = previous ? previous.nextSibling : this.tbody.firstChild;
+      if (next !== tr) this.tbody.insertBefore(tr, next);
+      previous = tr;
+    }
+    if (window.__kdShown.size > 5000) {
+      window.__kdShown = new Map([...window.__kdShown.entries()].slice(-2500));
+    }
+    if (this.empty) this.empty.hidden = rows.length > 0;
+  }
+
+  makeRow(row, fresh) {
+    const tr = document.createElement("tr");
+    tr.dataset.logId = row.logId;
+    if (fresh) tr.className = "kd-new";
+    cell(tr, clock(row.time), "kd-time");
+    cell(tr, row.topic, "kd-topic");
+    cell(tr, row.partition, "kd-num");
+    cell(tr, row.offset, "kd-num kd-offset");
+    cell(tr, row.dataType === "CSV_BATCH" ? "CSV batch" : "JSON", "kd-type");
+    cell(tr, row.rowCount, "kd-num");
+    const status = cell(tr, "", "kd-status-cell");
+    tr._pill = document.createElement("span");
+    status.appendChild(tr._pill);
+    tr._consumer = cell(tr, "", "kd-consumer");
+    tr._error = cell(tr, "", "kd-error");
+    tr._shown = {};
+    this.updateRow(tr, row);
+    return tr;
+  }
+
+  updateRow(tr, row) {
+    const shown = tr._shown;
+    if (shown.status !== row.status) {
+      tr._pill.className = `kd-pill kd-s-${String(row.status || "").toLowerCase()}`;
+      tr._pill.textContent = row.status;
+      shown.status = row.status;
+    }
+    if (shown.consumer !== row.consumerId) {
+      tr._consumer.textContent = row.consumerId || "";
+      shown.consumer = row.consumerId;
+    }
+    if (shown.error !== row.error) {
+      tr._error.textContent = row.error || "";
+      tr._error.title = row.error || "";
+      shown.error = row.error;
+    }
+  }
+
+  dispose() {
+    clearInterval(this.tick);
+    clearTimeout(this.renderTimer);
+    if (this.stream) this.stream.remove(this);
+    this.stream = null;
+  }
+}
+
+export default function (component) {
+  const { data, parentElement, setStateValue } = component;
+  const part = (data && data.part) || "counters";
+  const root = parentElement.querySelector(".kd-root");
+  root.dataset.part = part;
+  let view = parentElement.__kdView;
+  if (!view || view.part !== part) {
+    if (view) view.dispose();
+    view = new LiveView(root, part);
+    parentElement.__kdView = view;
+  }
+  view.setStateValue = setStateValue;
+  view.applySnapshot(data);
+  return () => {
+    view.dispose();
+    if (parentElement.__kdView === view) parentElement.__kdView = null;
+  };
+}

@@ -1,0 +1,47 @@
+"""The Kafka dashboard: ``streamlit run dashboard_app.py``.
+
+This file has two roles. ``streamlit run`` finds the ``st.App`` below, imports
+this module and serves the app with uvicorn; the app's lifespan starts the
+backend (broker, consumers, event gateway, producer API) once, when the
+server starts, and stops it with the server. Streamlit then runs this same
+file as ``__main__`` for every browser session, which draws the pages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import runtime
+
+if __name__ != "__main__":
+    # Imported by the server: the process-wide app, whose lifespan owns the backend.
+    app = st.App(__file__, lifespan=runtime.lifespan)
+else:
+    from dashboard import ui
+
+    st.set_page_config(
+        page_title="Kafka dashboard",
+        page_icon=str(Path(__file__).parent / "dashboard" / "static" / "favicon.png"),
+        layout="wide",
+        initial_sidebar_state="expanded",
+    )
+    pages = {
+        "Monitor": [
+            st.Page("pages/overview.py", title="Overview", icon=":material/monitoring:", default=True),
+            st.Page("pages/logs.py", title="Logs explorer", icon=":material/manage_search:", url_path="logs"),
+            st.Page("pages/trends.py", title="Trends", icon=":material/insights:", url_path="trends"),
+            st.Page("pages/failed.py", title="Failed messages", icon=":material/error:", url_path="failed"),
+        ],
+        "Operate": [
+            st.Page("pages/producer.py", title="Producer", icon=":material/send:", url_path="producer"),
+            st.Page("pages/consumers.py", title="Consumers", icon=":material/groups:", url_path="consumers"),
+        ],
+    }
+    page = st.navigation(pages)
+    source = ui.source()
+    # Pages that update by themselves (fragments on the event stream); the others are snapshots.
+    st.session_state["page_is_live"] = page.title in ("Overview", "Consumers")
+    ui.sidebar(source)
+    page.run()

@@ -1,0 +1,130 @@
+"""Overview: counters, throughput by status, per-topic breakdown and the live tail, as it happens."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from backend import analytics
+from dashboard import charts, fmt, producing, ui
+from dashboard.live_panel import live_panel
+
+LIVE_EVERY_S = 1.0  # when the browser cannot reach the gateway: the snapshots are the live feed
+STREAMING_EVERY_S = 15.0  # when it streams from /ws itself: snapshots are only a safety net
+CHARTS_EVERY_S = 5.0
+THROUGHPUT_MINUTES = 5
+BUCKET_S = 5
+TOPICS_EVERY_S = 2.0
+
+src = ui.source()
+ui.header(
+    "Overview",
+    "What the consumers are doing right now. Counters and the tail stream live from the event gateway; "
+    "the charts refresh every 5 s.",
+)
+
+
+def topic_rows() -> list[dict]:
+    """Per-topic totals from the store, read again only after new outcomes (at most every 2 s)."""
+    feed = ui.feed()
+    cached = st.session_state.get("overview_topics")
+    fresh = cached and cached[0] == feed.outcomes_seen and cached[1] is feed.bus
+    if cached and (fresh or time.monotonic() - cached[2] < TOPICS_EVERY_S):
+        return cached[3]
+    rows = analytics.topic_summary(src.store) if src.store is not None else []
+    st.session_state["overview_topics"] = (feed.outcomes_seen, feed.bus, time.monotonic(), rows)
+    return rows
+
+
+def topics_table(rows: list[dict]) -> None:
+    if not rows:
+        st.caption("No topics yet: nothing has been consumed.")
+        return
+    frame = pd.DataFrame.from_records(rows)
+    frame["failed_share"] = frame["failed"] / frame["total"].where(frame["total"] > 0)
+    frame["last"] = frame["last_ms"].map(fmt.local_time)
+    st.dataframe(
+        frame[["topic", "total", "failed", "failed_share", "last"]],
+        hide_index=True,
+        width="stretch",
+        height=min(38 + 35 * len(frame), 300),
+        column_config={
+            "topic": st.column_config.TextColumn("Topic"),
+            "total": st.column_config.NumberColumn("Messages", format="localized", width="small"),
+            "failed": st.column_config.NumberColumn("Failed", format="localized", width="small"),
+            "failed_share": st.column_config.ProgressColumn(
+                "Failed %", format="percent", min_value=0.0, max_value=1.0, color="red", width="small"
+            ),
+            "last": st.column_config.DatetimeColumn("Last", format="HH:mm:ss", width="small"),
+        },
+    )
+
+
+def welcome() -> None:
+    """First run: nothing consumed yet. One click makes the dashboard move."""
+    with st.container(border=True, horizontal=True, vertical_alignment="center", gap="medium"):
+        st.markdown(
+            "**Nothing has arrived yet.** Start demo traffic (orders on `demo-orders`, 20 per second "
+            "for a minute, one in ten malformed) or send your own records from the **Producer** page.",
+            width="stretch",
+        )
+        if st.button("Start demo traffic", type="primary", icon=":material/play_arrow:", key="welcome_demo"):
+            producing.traffic.start(src.produce, "demo-orders", 20, 60, 0.1)
+
+
+def live_snapshot() -> dict:
+    """Fold new bus events into this session's feed; what the live panel draws from."""
+    feed = ui.feed()
+    feed.sync(src)
+    return feed.snapshot(src.browser_stream())
+
+
+# Three fragments, so each part reruns only as often as it changes. The live panel parts get a
+# snapshot every second while the browser has no stream of its own; once the panel reports that its
+# /ws is open they slow to a safety net, because every fragment run costs the browser a React
+# render, which measurably delays the events the stream delivers (p50 ~100 ms instead of ~20 ms
+# under 20 msg/s). The charts follow once per 5 s bucket.
+streaming = st.session_state.get("overview_streaming", False)
+live_every = STREAMING_EVERY_S if streaming else LIVE_EVERY_S
+
+
+@st.fragment(run_every=live_every)
+def counters() -> None:
+    now_streaming = live_panel("counters", live_snapshot(), key="overview-counters")
+    if not ui.feed().stats.get("totalMessages") and not producing.traffic.current:
+        welcome()
+    if now_streaming != streaming:
+        # The cadence is fixed when the fragments are defined: one full run switches it (rare:
+        # when the browser's stream opens or drops, never for live data).
+        st.session_state["overview_streaming"] = now_streaming
+        st.rerun(scope="app")
+
+
+@st.fragment(run_every=CHARTS_EVERY_S)
+def charts_and_topics() -> None:
+    feed = ui.feed()
+    feed.sync(src)
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.subheader("Throughput", anchor=False)
+        st.caption(f"Outcomes per {BUCKET_S} s over the last {THROUGHPUT_MINUTES} minutes, by status.")
+        rows = feed.throughput(THROUGHPUT_MINUTES, BUCKET_S)
+        st.altair_chart(charts.throughput(rows, BUCKET_S), width="stretch")
+    with right:
+        st.subheader("Topics", anchor=False)
+        st.caption("Everything stored, per topic.")
+        topics_table(topic_rows())
+
+
+@st.fragment(run_every=live_every)
+def tail() -> None:
+    st.subheader("Live tail", anchor=False)
+    st.caption("The newest records first; a row's status changes in place as it is processed.")
+    live_panel("tail", live_snapshot(), key="overview-tail")
+
+
+counters()
+charts_and_topics()
+tail()

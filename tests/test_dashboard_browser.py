@@ -1,0 +1,502 @@
+"""The dashboard in headless Chromium: `streamlit run dashboard_app.py` against Apache Kafka.
+
+One dashboard process for the module, started exactly as a user starts it, with the backend inside
+(consumers, gateway, producer API on free ports) and its consumers reading only this module's topics.
+The tests drive it with Playwright: live counters and tail, no HTTP while idle, CSV upload, starting a
+consumer, hostile payloads, and the event-to-screen latency, which is written to
+``test-artifacts/latency.json``. Screenshots of every page go to ``test-artifacts/screenshots/``.
+
+Needs Debian's chromium (``apt-get install -y chromium``); the tests are skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kafka import KafkaProducer
+
+from tests.conftest import make_topic_name
+from tests.support import create_topic, free_port, wait_for
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+SCREENSHOTS = ARTIFACTS / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+VIEWPORT = {"width": 1440, "height": 1000}
+TALL = {"width": 1440, "height": 2200}  # Streamlit scrolls inside the page: a tall window shows it all
+HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+# Charts (Vega) and tables (glide-data-grid) draw into canvases, asynchronously: the page is drawn
+# when every such canvas has painted pixels and their count stopped changing since the last poll.
+CHARTS_DRAWN = """() => {
+  const canvases = document.querySelectorAll(
+    '[data-testid=stVegaLiteChart] canvas, [data-testid=stDataFrame] canvas');
+  const counts = [...canvases].filter(c => c.width && c.height).map(c => {
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let painted = 0;
+    for (let i = 3; i < data.length; i += 4) if (data[i]) painted++;
+    return painted;
+  });
+  const key = counts.join(',');
+  const stable = counts.every(n => n > 0) && window.__chartsKey === key;
+  window.__chartsKey = key;
+  return stable;
+}"""
+COUNTER = '.kd-root[data-part="counters"] .kd-value[data-k="{}"]'
+TAIL_ROWS = '.kd-root[data-part="tail"] tbody tr'
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")
+
+_ATTEMPTS: set[str] = set()
+
+
+def flaky_processor(record: Any) -> None:
+    """PROCESSOR of the dashboard under test: a record marked "transient" fails the first time its
+    order is seen, like a downstream service that timed out once; a retry then succeeds."""
+    payload = record.payload
+    if isinstance(payload, dict) and payload.get("transient"):
+        order = str(payload.get("orderId"))
+        if order not in _ATTEMPTS:
+            _ATTEMPTS.add(order)
+            raise TimeoutError(f"downstream service timed out for order {order} after 2.5 s")
+
+
+@dataclass
+class Dashboard:
+    url: str
+    gateway: str
+    producer_api: str
+    gateway_port: int
+    producer_port: int
+    topics: dict[str, str]
+    bootstrap: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    latency: dict[str, Any] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def logs(self, topic: str) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.gateway}/api/consumers/logs", params={"topic": topic, "limit": 100}).json()
+
+
+@pytest.fixture(scope="module")
+def dashboard(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    work = tmp_path_factory.mktemp("dashboard-browser")
+    topics = {
+        name: make_topic_name(f"dash-{name}")
+        for name in ("live", "csv", "hostile", "fallback", "mixed", "retry")
+    }
+    for topic in topics.values():
+        create_topic(kafka.bootstrap, topic, 3)
+    port, gateway_port, producer_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "KAFKA_TOPICS": ",".join(topics.values()),
+        "KAFKA_GROUP_ID": make_topic_name("dashboard-browser"),
+        "DATA_DIR": str(work / "data"),
+        "GATEWAY_PORT": str(gateway_port),
+        "PRODUCER_PORT": str(producer_port),
+        "PROCESSOR": "tests.test_dashboard_browser:flaky_processor",
+    }
+    log_path = work / "streamlit.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "dashboard_app.py",
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+            ],  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    served = Dashboard(
+        url=f"http://127.0.0.1:{port}",
+        gateway=f"http://127.0.0.1:{gateway_port}",
+        producer_api=f"http://127.0.0.1:{producer_port}",
+        gateway_port=gateway_port,
+        producer_port=producer_port,
+        topics=topics,
+        bootstrap=kafka.bootstrap,
+        process=process,
+        log_path=log_path,
+    )
+    try:
+        wait_for(
+            lambda: _ok(f"{served.gateway}/api/health") or process.poll() is not None, 120, "the backend"
+        )
+        assert process.poll() is None, served.log()
+        wait_for(lambda: _ok(f"{served.url}/_stcore/health"), 60, "the Streamlit server")
+        yield served
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        if served.latency:
+            ARTIFACTS.mkdir(exist_ok=True)
+            (ARTIFACTS / "latency.json").write_text(json.dumps(served.latency, indent=2))
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def watch_errors(page: Any) -> list[str]:
+    """Uncaught exceptions and console errors (Vega reports a broken chart spec only there).
+
+    Failed resource loads are left out: Streamlit's client probes paths that 404 on purpose.
+    """
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text[:300])
+            if message.type == "error" and "Failed to load resource" not in message.text
+            else None
+        ),
+    )
+    return errors
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    errors = watch_errors(page)
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def producer(dashboard: Dashboard) -> Iterator[KafkaProducer]:
+    client = KafkaProducer(bootstrap_servers=dashboard.bootstrap, acks="all", linger_ms=0)
+    yield client
+    client.close()
+
+
+def open_overview(page: Any, dashboard: Dashboard, streaming: bool = True) -> None:
+    """Load the first page and wait until the live panel shows numbers (and streams, if asked)."""
+    page.goto(dashboard.url)
+    total = page.locator(COUNTER.format("totalMessages"))
+    total.wait_for()
+    playwright_api.expect(total).not_to_have_text("–", timeout=30_000)
+    if streaming:
+        playwright_api.expect(page.locator('.kd-root[data-part="counters"]')).to_have_attribute(
+            "data-mode", "ws", timeout=30_000
+        )
+
+
+def counter(page: Any, name: str) -> int:
+    return int(page.locator(COUNTER.format(name)).inner_text().replace(",", "").replace("\u202f", ""))
+
+
+def send(producer: KafkaProducer, topic: str, value: bytes) -> tuple[float, int, int]:
+    """Produce one record like any other application would; (time before sending in ms, partition, offset)."""
+    before = time.time() * 1000
+    metadata = producer.send(topic, value=value).get(timeout=15)
+    return before, metadata.partition, metadata.offset
+
+
+def shown(page: Any, topic: str, partition: int, offset: int, timeout: float = 15_000) -> dict[str, Any]:
+    """Wait until the record's row is in the live tail's DOM; its timings as recorded in the page."""
+    key = f"{topic}/{partition}/{offset}"
+    page.wait_for_function("key => window.__kdShown && window.__kdShown.has(key)", arg=key, timeout=timeout)
+    return page.evaluate("key => window.__kdShown.get(key)", key)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "p50": round(statistics.median(ordered), 1),
+        "p90": round(ordered[max(0, int(len(ordered) * 0.9) - 1)], 1),
+        "max": round(ordered[-1], 1),
+    }
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_the_backend_starts_with_the_process_before_any_browser(dashboard: Dashboard) -> None:
+    health = httpx.get(f"{dashboard.gateway}/api/health").json()
+    assert health["status"] == "ok"
+    assert health["gatewayClients"] == 0  # nobody has opened the dashboard yet
+    assert "Backend ready: gateway" in dashboard.log()
+
+
+def test_counters_and_tail_follow_new_messages_without_a_reload(
+    page: Any, dashboard: Dashboard, producer: KafkaProducer
+) -> None:
+    open_overview(page, dashboard)
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    total, processed = counter(page, "totalMessages"), counter(page, "processedMessages")
+    topic = dashboard.topics["live"]
+
+    timings = []
+    for number in range(30):
+        before, partition, offset = send(producer, topic, json.dumps({"n": number, "amount": 1.5}).encode())
+        seen = shown(page, topic, partition, offset)
+        timings.append((before, seen))
+    playwright_api.expect(page.locator(COUNTER.format("totalMessages"))).to_have_text(f"{total + 30:,}")
+    playwright_api.expect(page.locator(COUNTER.format("processedMessages"))).to_have_text(
+        f"{processed + 30:,}"
+    )
+    newest = page.locator(TAIL_ROWS).first
+    playwright_api.expect(newest).to_contain_text(topic)
+    playwright_api.expect(newest).to_contain_text("PROCESSED")
+    assert not navigations, "the page reloaded"
+
+    streamed = [seen for _, seen in timings if seen["via"] == "stream"]
+    assert len(streamed) >= 25, "most rows should come over the gateway stream"
+    dashboard.latency["websocket"] = {
+        "produce_to_screen_ms": summary([seen["shownMs"] - before for before, seen in timings]),
+        "event_to_screen_ms": summary([seen["shownMs"] - seen["eventMs"] for _, seen in timings]),
+        "how": "kafka-python producer in the test -> Apache Kafka -> consumer -> bus -> gateway /ws -> "
+        "DOM; times from the page's record of when each row first reached the DOM",
+    }
+    # The latency is measured and written to test-artifacts/latency.json; speed is judged in bench/.
+
+
+def test_without_the_browser_stream_the_fragment_keeps_the_page_live(
+    browser: Any, dashboard: Dashboard, producer: KafkaProducer
+) -> None:
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    gateway_ws = re.compile(rf"^ws://127\.0\.0\.1:{dashboard.gateway_port}/ws")
+    page.route_web_socket(gateway_ws, lambda ws: ws.close())  # as if the gateway were unreachable
+    try:
+        open_overview(page, dashboard, streaming=False)
+        topic = dashboard.topics["fallback"]
+        timings = []
+        for number in range(8):
+            before, partition, offset = send(producer, topic, json.dumps({"n": number}).encode())
+            timings.append((before, shown(page, topic, partition, offset)))
+        assert all(seen["via"] == "snapshot" for _, seen in timings)
+        dashboard.latency["server_push_fragment"] = {
+            "produce_to_screen_ms": summary([seen["shownMs"] - before for before, seen in timings]),
+            "event_to_screen_ms": summary([seen["shownMs"] - seen["eventMs"] for _, seen in timings]),
+            "how": "same, with the page's /ws refused: rows arrive with the 1 s fragment's snapshots",
+        }
+    finally:
+        context.close()
+
+
+def test_the_idle_page_makes_no_http_requests(page: Any, dashboard: Dashboard) -> None:
+    open_overview(page, dashboard)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(f"{request.method} {request.url}"))
+    # An observation window, not a synchronisation: five runs of the live fragment and two of the
+    # sidebar's happen in it, and none of them may turn into an HTTP request.
+    page.wait_for_timeout(5000)
+    api = [r for r in requests if f":{dashboard.gateway_port}/" in r or f":{dashboard.producer_port}/" in r]
+    assert not api, api
+    assert not requests, f"the idle page made HTTP requests: {requests}"
+    playwright_api.expect(page.locator('.kd-root[data-part="counters"]')).to_have_attribute("data-mode", "ws")
+
+
+def test_a_csv_uploaded_on_the_producer_page_arrives_as_one_csv_batch(
+    page: Any, dashboard: Dashboard
+) -> None:
+    topic = dashboard.topics["csv"]
+    page.goto(f"{dashboard.url}/producer")
+    page.get_by_role("tab", name="CSV file").click()
+    topic_input = page.locator("input[aria-label='Topic']:visible")
+    topic_input.fill(topic)
+    topic_input.press("Enter")
+    document = 'sku,quantity,price\nA-1,2,9.5\nB-2,1,120\n"C,3",4,0.25\n'
+    page.locator("input[type=file]").set_input_files(
+        files=[{"name": "order-lines.csv", "mimeType": "text/csv", "buffer": document.encode()}]
+    )
+    playwright_api.expect(page.get_by_text("Preview: the first 3 of 3 rows")).to_be_visible(timeout=20_000)
+    page.get_by_role("button", name="Send as one CSV batch").click()
+    playwright_api.expect(page.get_by_text("3 rows sent to")).to_be_visible(timeout=20_000)
+
+    logs = wait_for(
+        lambda: [log for log in dashboard.logs(topic) if log["status"] == "PROCESSED"], 30, "the batch"
+    )
+    assert len(dashboard.logs(topic)) == 1
+    assert logs[0]["dataType"] == "CSV_BATCH" and logs[0]["rowCount"] == 3
+
+
+def test_a_consumer_started_on_the_consumers_page_appears(page: Any, dashboard: Dashboard) -> None:
+    before = {c["consumerId"] for c in httpx.get(f"{dashboard.gateway}/api/consumers").json()}
+    page.goto(f"{dashboard.url}/consumers")
+    page.get_by_role("button", name="Start a consumer").click()
+    notice = page.get_by_text(re.compile(r"Started consumer-\d+"))
+    playwright_api.expect(notice).to_be_visible(timeout=20_000)
+    new_id = re.search(r"consumer-\d+", notice.inner_text()).group(0)
+    assert new_id not in before
+    after = {c["consumerId"]: c["status"] for c in httpx.get(f"{dashboard.gateway}/api/consumers").json()}
+    assert after[new_id] == "ACTIVE"
+    active = page.get_by_test_id("stMetric").filter(has_text="Active consumers")
+    playwright_api.expect(active).to_contain_text(str(len([s for s in after.values() if s == "ACTIVE"])))
+    # The stop control lists it too.
+    page.get_by_role("combobox", name="Stop a consumer").click()
+    playwright_api.expect(page.get_by_role("option", name=new_id)).to_be_visible()
+
+
+def test_hostile_payloads_render_inert(page: Any, dashboard: Dashboard, producer: KafkaProducer) -> None:
+    topic = dashboard.topics["hostile"]
+    _, partition, offset = send(
+        producer, topic, json.dumps({"note": HOSTILE, "marker": "pwnd-probe"}).encode()
+    )
+    wait_for(lambda: dashboard.logs(topic), 30, "the hostile record to be stored")
+
+    page.goto(f"{dashboard.url}/logs")
+    search = page.get_by_role("textbox", name="Search")
+    search.fill("pwnd-probe")
+    search.press("Enter")
+    playwright_api.expect(page.get_by_text(re.compile(r"^1 matching record\b"))).to_be_visible(timeout=30_000)
+    # Drawn after the table in the same run: once it shows, the table holds the one match.
+    playwright_api.expect(page.get_by_role("button", name="Download this row as CSV")).to_be_visible()
+    grid = page.get_by_test_id("stDataFrame").first
+    grid.click(position={"x": 20, "y": 35 + 17})  # the first row's selection box (under the header)
+    payload = page.get_by_test_id("stJson").last
+    playwright_api.expect(payload).to_contain_text("<script>window.__pwned = 1</script>", timeout=30_000)
+    playwright_api.expect(payload).to_contain_text('onerror="window.__pwned = 2"')  # shown as text
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_retrying_a_failed_record_sends_it_again(
+    page: Any, dashboard: Dashboard, producer: KafkaProducer
+) -> None:
+    topic = dashboard.topics["retry"]
+    order = {"orderId": 4242, "amount": 99.5, "transient": True}
+    send(producer, topic, json.dumps(order).encode())
+    wait_for(lambda: [log for log in dashboard.logs(topic) if log["status"] == "FAILED"], 30, "the failure")
+
+    page.goto(f"{dashboard.url}/failed")
+    groups = page.get_by_test_id("stDataFrame").first
+    playwright_api.expect(groups).to_be_visible(timeout=20_000)
+    groups.click(position={"x": 20, "y": 35 + 17})  # the largest group: ours is the only retriable kind
+    retry = page.get_by_role("button", name=re.compile(r"Retry all \d+ retriable"))
+    playwright_api.expect(retry).to_be_enabled(timeout=20_000)
+    retry.click()
+    playwright_api.expect(page.get_by_text(re.compile(r"Sent 1 record again"))).to_be_visible(timeout=20_000)
+
+    def outcome() -> list[dict[str, Any]]:
+        return [log for log in dashboard.logs(topic) if log["status"] == "PROCESSED"]
+
+    [resent] = wait_for(outcome, 30, "the resent record to be processed")
+    assert resent["dataType"] == "SINGLE_MESSAGE"
+    assert sorted(log["status"] for log in dashboard.logs(topic)) == ["FAILED", "PROCESSED"]
+    playwright_api.expect(page.get_by_text("Resent in this session")).to_be_visible()
+
+
+def test_screenshots_of_every_page(browser: Any, dashboard: Dashboard, producer: KafkaProducer) -> None:
+    """Data of every kind first, then each page in the light and the dark theme."""
+    topic = dashboard.topics["mixed"]
+    for number in range(40):
+        send(
+            producer,
+            topic,
+            json.dumps({"orderId": number, "amount": 10 + number % 7, "qty": number % 3}).encode(),
+        )
+    for bad in (b'{"orderId": 1, "amount": ', b"\xff\xfe", b'{"a": NaN}', b"not json, not csv"):
+        send(producer, topic, bad)
+    wait_for(lambda: len(dashboard.logs(topic)) >= 44, 30, "the mixed records")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    pages = {
+        "overview": ("", ".kd-root[data-part='tail'] tbody tr"),
+        "logs": ("logs", "[data-testid='stDataFrame']"),
+        "trends": ("trends", "[data-testid='stVegaLiteChart']"),
+        "failed": ("failed", "[data-testid='stDataFrame']"),
+        "producer": ("producer", "textarea"),
+        "consumers": ("consumers", "[data-testid='stDataFrame']"),
+    }
+    for scheme in ("light", "dark"):
+        context = browser.new_context(viewport=TALL, color_scheme=scheme)
+        page = context.new_page()
+        errors = watch_errors(page)
+        try:
+            for name, (path, ready) in pages.items():
+                page.goto(f"{dashboard.url}/{path}")
+                page.locator(ready).first.wait_for(timeout=30_000)
+                page.wait_for_function(CHARTS_DRAWN, polling=250, timeout=30_000)
+                assert not page.get_by_test_id("stException").count(), f"{name}: an exception is shown"
+                page.screenshot(path=str(SCREENSHOTS / f"{name}-{scheme}.png"), full_page=True)
+                assert not errors, f"{name} ({scheme}): JavaScript errors: {errors}"
+        finally:
+            context.close()
+    # A few states that need a click: a record's detail, a failure group, the CSV preview, the demo.
+    context = browser.new_context(viewport=TALL)
+    page = context.new_page()
+    try:
+        page.goto(f"{dashboard.url}/logs")
+        page.get_by_role("radio", name="PROCESSED").click()
+        playwright_api.expect(page.get_by_text(re.compile(r"matching records? in"))).to_be_visible()
+        grid = page.get_by_test_id("stDataFrame").first
+        grid.click(position={"x": 20, "y": 35 + 17})
+        page.get_by_test_id("stJson").last.wait_for()
+        page.screenshot(path=str(SCREENSHOTS / "logs-detail-light.png"), full_page=True)
+        page.goto(f"{dashboard.url}/failed")
+        page.get_by_test_id("stDataFrame").first.click(position={"x": 20, "y": 35 + 17})
+        page.get_by_role("button", name=re.compile(r"Retry all")).wait_for()
+        page.screenshot(path=str(SCREENSHOTS / "failed-group-light.png"), full_page=True)
+        page.goto(f"{dashboard.url}/producer")
+        page.get_by_role("tab", name="CSV file").click()
+        page.locator("input[type=file]").set_input_files(
+            files=[
+                {"name": "lines.csv", "mimeType": "text/csv", "buffer": b"sku,qty,price\nA,1,2.5\nB,3,4\n"}
+            ]
+        )
+        page.get_by_text("Preview: the first 2 of 2 rows").wait_for()
+        playwright_api.expect(page.get_by_test_id("stMetric").first).to_contain_text("2")
+        page.get_by_test_id("stDataFrame").first.wait_for()
+        page.screenshot(path=str(SCREENSHOTS / "producer-csv-light.png"), full_page=True)
+        page.get_by_role("tab", name="Demo traffic").click()
+        page.get_by_role("button", name="Start").wait_for()
+        page.screenshot(path=str(SCREENSHOTS / "producer-demo-light.png"), full_page=True)
+    finally:
+        context.close()
+    assert len(list(SCREENSHOTS.glob("*.png"))) >= 16
