@@ -349,7 +349,7 @@ class HttpServers(threading.Thread):
     async def _serve(self) -> None:
         import uvicorn
 
-        from backend.gateway import create_gateway_app
+        from backend.gateway import MAX_INBOUND_BYTES, create_gateway_app
         from backend.producer_api import create_producer_app
 
         self.loop = asyncio.get_running_loop()
@@ -364,6 +364,7 @@ class HttpServers(threading.Thread):
                 app,
                 ws="websockets-sansio",
                 ws_per_message_deflate=False,  # ~200-byte frames: deflate cost CPU and ~45 MiB per 1k clients
+                ws_max_size=MAX_INBOUND_BYTES,  # uvicorn's 16 MiB default let big frames be buffered
                 log_level="warning",
                 lifespan="on",
                 timeout_graceful_shutdown=2,

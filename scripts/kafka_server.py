@@ -38,11 +38,16 @@ from backend.broker import (  # noqa: E402 - needs the path above when run as a 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="broker data and log folder (default: a new temporary folder)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="broker data and log folder (default: a new temporary folder)",
+    )
     parser.add_argument("--embedded", action="store_true", help="run Tansu instead of Apache Kafka")
-    parser.add_argument("--kafka-version", default=KAFKA_VERSION,
-                        help="Apache Kafka version (default: %(default)s)")
+    parser.add_argument(
+        "--kafka-version", default=KAFKA_VERSION, help="Apache Kafka version (default: %(default)s)"
+    )
     parser.add_argument("--download-only", action="store_true", help="fetch the Kafka jars, then exit")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
     return parser.parse_args(argv)
@@ -55,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             print(kafka_libs(args.kafka_version))
             return 0
         data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="kafka-"))
-        broker = (EmbeddedBroker(data_dir, args.port) if args.embedded
-                  else ApacheKafka(data_dir, args.port, version=args.kafka_version))
+        broker = (
+            EmbeddedBroker(data_dir, args.port)
+            if args.embedded
+            else ApacheKafka(data_dir, args.port, version=args.kafka_version)
+        )
         broker.start(timeout=args.timeout)
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)

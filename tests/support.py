@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
 from backend import events
 from backend.config import Settings
@@ -106,3 +114,111 @@ class EventRecorder:
             if "logId" in event.data:
                 sequence[event.data["logId"]].append(event.name)
         return sequence
+
+
+# ============================================================================================
+# Added for the bad-input and security tests (test_openapi_fuzz, test_protocol_abuse,
+# test_xss_vue): a served backend, topics that may already exist, a static file server and
+# headless Chromium.
+# ============================================================================================
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+    """Create ``topic`` unless it exists."""
+    with contextlib.suppress(TopicAlreadyExistsError):
+        create_topic(bootstrap, topic, partitions)
+
+
+@dataclass
+class ServedBackend:
+    """A backend serving HTTP (gateway + producer API), and where to reach it."""
+
+    backend: Backend
+    settings: Settings
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.settings.gateway_port}"
+
+    @property
+    def producer(self) -> str:
+        return f"http://127.0.0.1:{self.settings.producer_port}"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        token = self.settings.auth_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def serve_backend(settings: Settings, timeout: float = 60.0) -> ServedBackend:
+    """Start a backend with its HTTP servers and wait until /api/health says 200."""
+    served = ServedBackend(start_backend(settings, serve_http=True), settings)
+    url = f"{served.gateway}/api/health"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url, headers=served.auth_headers, timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, timeout, "the backend to be healthy")
+    except BaseException:
+        served.backend.stop()
+        raise
+    return served
+
+
+def npm_install(directory: Path, module: str) -> None:
+    """Install a package.json's dependencies unless they are there (scripts/test.sh does it up front)."""
+    if (directory / "node_modules" / module / "package.json").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise AssertionError(f"npm is needed to install {directory / 'package.json'}")
+    subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=directory, check=True)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@contextlib.contextmanager
+def static_server(directory: Path) -> Iterator[int]:
+    """Serve ``directory`` over HTTP on 127.0.0.1; yields the port."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(directory))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def chromium(*extra_args: str) -> Iterator[Any]:
+    """Debian's headless Chromium driven by Playwright; yields the browser."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        raise AssertionError(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
+        try:
+            yield browser
+        finally:
+            browser.close()
