@@ -100,7 +100,7 @@ def consumers_view() -> None:
             "status": "Status",
             "partitions": st.column_config.NumberColumn("Partitions", width="small"),
             "assigned": st.column_config.ListColumn("Assigned", width="large"),
-            "lag": st.column_config.NumberColumn("Lag", help="Highwater minus position, summed"),
+            "lag": st.column_config.NumberColumn("Lag", help="Highwater minus position, summed", format="%d"),
             "processed": st.column_config.NumberColumn("Processed", format="localized"),
             "failed": st.column_config.NumberColumn("Failed", format="localized"),
             "started": st.column_config.DatetimeColumn("Started", format="HH:mm:ss"),
