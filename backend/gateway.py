@@ -766,6 +766,31 @@ def create_gateway_app(backend: Any) -> ASGIApp:
     async def plain_websocket(websocket: WebSocket) -> None:
         await gateway.serve_ws(websocket)
 
-    app = socketio.ASGIApp(gateway.sio, other_asgi_app=api)
+    sio_app = socketio.ASGIApp(gateway.sio, other_asgi_app=api)
+    app = OversizedPollingGuard(sio_app)
     app.gateway = gateway  # for tests and embedding
     return app
+
+
+class OversizedPollingGuard:
+    """Answer 413 at once to a polling POST that announces more than the inbound limit.
+
+    engineio would read it, disconnect the session and then wait for a poll that it refuses
+    to serve once the session is closed: the POST never got an answer (found by
+    tests/test_protocol_abuse.py).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.gateway: Gateway | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/socket.io"):
+            length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > MAX_INBOUND_BYTES:
+                body = json.dumps({"error": f"a polling request may carry at most {MAX_INBOUND_BYTES} bytes"})
+                await send({"type": "http.response.start", "status": 413,
+                            "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body.encode()})
+                return
+        await self.app(scope, receive, send)

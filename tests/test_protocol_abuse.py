@@ -517,12 +517,6 @@ def test_garbage_posted_to_a_polling_session_is_refused(served: ServedBackend, b
         raise AssertionError(f"{body}: the session neither closed nor answered the probe")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engineio's disconnect after ContentTooLongError waits for the client to poll the CLOSE "
-    "packet (AsyncSocket.close(wait=True) -> queue.join()), but refuses polls once the socket is "
-    "closed: unless a GET was already pending, the POST hangs forever, holding a request task",
-)
 def test_oversized_polling_post_is_refused_at_once(served: ServedBackend) -> None:
     with httpx.Client(timeout=DEADLINE) as http:
         sid = polling_session(http, served)
