@@ -107,7 +107,7 @@ def fuzzed(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 def build_documents() -> tuple[dict[str, Any], dict[str, Any]]:
     offline = types.SimpleNamespace(settings=Settings(auth_token=TOKEN))
-    gateway_app = create_gateway_app(offline).other_asgi_app  # the FastAPI app behind Socket.IO
+    gateway_app = create_gateway_app(offline).app.other_asgi_app  # the FastAPI app behind Socket.IO
     return gateway_app.openapi(), create_producer_app(offline).openapi()
 
 
