@@ -428,6 +428,29 @@ def parse_last_seq(value: Any) -> int | None:
 # --- the gateway ------------------------------------------------------------------------------
 
 
+class StrictSocketIOServer(socketio.AsyncServer):
+    """python-socketio's server, closing a connection that sends a packet it cannot parse.
+
+    The library logs a traceback for such a packet and keeps the connection (the reference
+    Socket.IO server closes it). Our clients send only CONNECT and DISCONNECT, as the gateway
+    accepts no client events, so binary packets are refused too: they announce attachments that
+    the library would keep until the connection ends (found by tests/test_protocol_abuse.py).
+    """
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            if not isinstance(data, str) or data[:1] in ("5", "6"):
+                raise ValueError("binary packets are not accepted")
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            log.info("Closing Socket.IO connection %s: bad packet (%s)", eio_sid, str(exc)[:120])
+            eio_socket = self.eio.sockets.pop(eio_sid, None)
+            if eio_socket is not None:  # as Gateway._close_engine_socket: now, without waiting
+                with suppress(Exception):
+                    await eio_socket.close(wait=False, abort=False, reason=self.eio.reason.SERVER_DISCONNECT)
+                    eio_socket.queue.put_nowait(None)
+
+
 class Gateway:
     """Socket.IO and /ws clients of one backend, fed from its bus."""
 
@@ -436,7 +459,7 @@ class Gateway:
         self.settings: Settings = backend.settings
         self.origins = OriginPolicy(self.settings.cors_origins)
         self.fanout = Fanout()
-        self.sio = socketio.AsyncServer(
+        self.sio = StrictSocketIOServer(
             async_mode="asgi",
             cors_allowed_origins=self._origin_allowed,
             max_http_buffer_size=MAX_INBOUND_BYTES,
