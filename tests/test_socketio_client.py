@@ -8,12 +8,9 @@ The Node probe (tests/js/socketio_probe.mjs) writes one JSON line per thing that
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.server
 import json
 import logging
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -31,10 +28,13 @@ from backend.config import Settings
 from backend.service import Backend
 from tests.support import (
     backend_settings,
+    chromium,
     create_topic,
     foreign_producer,
     free_port,
+    npm_install,
     start_backend,
+    static_server,
     unique,
     wait_for,
 )
@@ -42,7 +42,6 @@ from tests.support import (
 REPO = Path(__file__).resolve().parent.parent
 JS_DIR = REPO / "tests" / "js"
 VUE_DIR = REPO / "examples" / "vue-client"
-CHROMIUM = "/usr/bin/chromium"
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SEED_OPTIONS = {
     "transports": ["websocket", "polling"],
@@ -52,16 +51,6 @@ SEED_OPTIONS = {
 }
 TOKEN = "socketio-token"
 SEED_FLOW = (events.MESSAGE_RECEIVED, events.PROCESSING_STARTED, events.PROCESSING_COMPLETED)
-
-
-def npm_install(directory: Path, module: str) -> None:
-    """Install a package.json's dependencies unless they are there (scripts/test.sh does it up front)."""
-    if (directory / "node_modules" / module / "package.json").exists():
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.fail(f"npm is needed to install {directory / 'package.json'}")
-    subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=directory, check=True)
 
 
 @pytest.fixture(scope="session")
@@ -408,49 +397,6 @@ def test_disallowed_origin_is_refused_on_the_websocket_handshake(
 
 
 # --- the example Vue page in headless Chromium ----------------------------------------------------
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
-@contextlib.contextmanager
-def static_server(directory: Path) -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@contextlib.contextmanager
-def chromium(*extra_args: str) -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                *extra_args,
-            ],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_vue_example_shows_connected_and_counters_that_follow_produced_messages(served: Served) -> None:
