@@ -62,6 +62,16 @@ def iso_from_ms(epoch_ms: int | float) -> str:
     return f"{text}{fraction:03d}Z"
 
 
+def ms_from_iso(text: str | None) -> int | None:
+    """The contract's ISO-8601 UTC timestamps as epoch milliseconds."""
+    if not text:
+        return None
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
 def now_ms() -> int:
     """Wall-clock time in epoch milliseconds."""
     return time.time_ns() // 1_000_000

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from datetime import datetime
 from typing import Any
 
 from backend import analytics, events
@@ -27,16 +26,6 @@ TAIL_MAX = 200
 WINDOW_S = 600
 RATE_WINDOW_S = 10
 MAX_EVENTS_PER_SYNC = 20_000
-
-
-def ms_from_iso(text: str | None) -> int | None:
-    """The contract's ISO-8601 UTC timestamps as epoch milliseconds."""
-    if not text:
-        return None
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
 
 
 def _now_ms() -> int:
@@ -128,7 +117,7 @@ class LiveFeed:
                     "status": events.RECEIVED,
                     "consumerId": None,
                     "error": None,
-                    "time": ms_from_iso(data.get("timestamp")),
+                    "time": events.ms_from_iso(data.get("timestamp")),
                 }
                 self.stats["totalMessages"] = int(self.stats.get("totalMessages", 0)) + 1
         elif name in (events.PROCESSING_STARTED, events.PROCESSING_COMPLETED, events.PROCESSING_FAILED):
@@ -146,7 +135,7 @@ class LiveFeed:
 
     def _count_outcome(self, name: str, data: dict[str, Any]) -> None:
         self.outcomes_seen += 1
-        at = ms_from_iso(data.get("timestamp")) or _now_ms()
+        at = events.ms_from_iso(data.get("timestamp")) or _now_ms()
         if at < self.seeded_ms:
             return  # already counted by the seed from the store
         counts = self.per_second.setdefault(at // 1000, [0, 0])

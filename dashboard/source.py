@@ -24,7 +24,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from backend import events
@@ -208,15 +207,6 @@ class LocalSource:
 # --------------------------------------------------------------------------------------------
 
 
-def _ms_from_iso(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
 class RestLogs:
     """The newest logs over REST, for an attached dashboard that cannot open the store.
 
@@ -233,7 +223,7 @@ class RestLogs:
         items = items.get("logs", []) if isinstance(items, dict) else items
         rows = []
         for item in items or []:
-            received = _ms_from_iso(item.get("receivedAt")) or 0
+            received = events.ms_from_iso(item.get("receivedAt")) or 0
             rows.append(
                 LogRow(
                     log_id=item.get("logId", ""),
@@ -247,10 +237,10 @@ class RestLogs:
                     status=item.get("status", ""),
                     consumer_id=item.get("consumerId"),
                     error=item.get("error"),
-                    produced_ms=_ms_from_iso(item.get("producedAt")),
+                    produced_ms=events.ms_from_iso(item.get("producedAt")),
                     received_ms=received,
-                    started_ms=_ms_from_iso(item.get("startedAt")),
-                    completed_ms=_ms_from_iso(item.get("completedAt")),
+                    started_ms=events.ms_from_iso(item.get("startedAt")),
+                    completed_ms=events.ms_from_iso(item.get("completedAt")),
                     size_bytes=item.get("sizeBytes"),
                 )
             )

@@ -6,9 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from backend.config import DEFAULT_TOPIC_PATTERN
-from backend.events import ACTIVE
+from backend.events import ACTIVE, ms_from_iso
 from dashboard import charts, fmt, ui
-from dashboard.live import ms_from_iso
 
 REFRESH_S = 2.0
 
