@@ -351,6 +351,7 @@ class HttpServers(threading.Thread):
 
         from backend.gateway import MAX_INBOUND_BYTES, create_gateway_app
         from backend.producer_api import create_producer_app
+        from backend.websocket_protocol import FastSendWebSocketProtocol
 
         self.loop = asyncio.get_running_loop()
         apps = (
@@ -362,7 +363,7 @@ class HttpServers(threading.Thread):
             # Long-polling requests (Engine.IO) would hold a graceful shutdown for up to 25 s.
             config = uvicorn.Config(
                 app,
-                ws="websockets-sansio",
+                ws=FastSendWebSocketProtocol,  # uvicorn's websockets-sansio, data frames built directly
                 ws_per_message_deflate=False,  # ~200-byte frames: deflate cost CPU and ~45 MiB per 1k clients
                 ws_max_size=MAX_INBOUND_BYTES,  # uvicorn's 16 MiB default let big frames be buffered
                 log_level="warning",
