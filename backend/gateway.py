@@ -438,7 +438,7 @@ class StrictEngineIOSocket(engineio_async_socket.AsyncSocket):
     that is not ``<type><data>``) and keeps the session. The reference server closes the
     connection ("parse error"); so does this one: a websocket gets a CLOSE packet and is closed, a
     polling POST is answered 400 and its session is gone (found by tests/test_protocol_abuse.py).
-    Packets of known types are handled (or ignored) by the library as before.
+    Packets of known types are handled (or, on a websocket, ignored) by the library as before.
 
     python-engineio has no setting for its socket class: StrictSocketIOServer gives each new
     socket this class before the socket handles any packet (it adds methods, no state).
@@ -454,6 +454,11 @@ class StrictEngineIOSocket(engineio_async_socket.AsyncSocket):
             await super().handle_post_request(environ)
         except (ValueError, KeyError) as exc:  # what UTF-8 and Engine.IO payload decoding raise
             await self._refuse(f"undecodable polling payload ({type(exc).__name__}: {exc})")
+        except engineio_exceptions.UnknownPacketError:
+            # OPEN, PING or NOOP, which clients do not post. engineio closes the session too, but
+            # waits for the client to poll the CLOSE packet, a poll it then refuses: the POST
+            # would never be answered.
+            await self._refuse("a packet type clients do not send in a polling POST")
 
     async def _refuse(self, why: str) -> NoReturn:
         """Close now, without waiting for the client to take the CLOSE packet, and stop reading.

@@ -454,6 +454,8 @@ def test_garbage_polling_requests_are_refused_with_a_4xx(
 POLLING_GARBAGE = {
     "not-a-packet": b"xyz",
     "engineio-type-9": b"9",
+    # A known type that only the server sends: engineio closed the session but never answered.
+    "engineio-open-from-client": b"0",
     "truncated-event": b"42[",
     "not-utf8": b"\xff\xfe\xfd",
     "deeply-nested-json": nested(30_000).encode(),
