@@ -36,9 +36,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import socketio
+from engineio import async_socket as engineio_async_socket
+from engineio import exceptions as engineio_exceptions
 from engineio import packet as engineio_packet
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -485,6 +487,47 @@ def parse_last_seq(value: Any) -> int | None:
 # --- the gateway ------------------------------------------------------------------------------
 
 
+class StrictEngineIOSocket(engineio_async_socket.AsyncSocket):
+    """python-engineio's connection, closed when the client sends what Engine.IO cannot read.
+
+    The library ignores a websocket frame of unknown packet type (7, 9, ...: it logs a traceback
+    and reads on), and answers 200 to a polling POST it cannot decode (invalid UTF-8, a packet
+    that is not ``<type><data>``) and keeps the session. The reference server closes the
+    connection ("parse error"); so does this one: a websocket gets a CLOSE packet and is closed, a
+    polling POST is answered 400 and its session is gone (found by tests/test_protocol_abuse.py).
+    Packets of known types are handled (or, on a websocket, ignored) by the library as before.
+
+    python-engineio has no setting for its socket class: StrictSocketIOServer gives each new
+    socket this class before the socket handles any packet (it adds methods, no state).
+    """
+
+    async def receive(self, pkt: engineio_packet.Packet) -> None:
+        if not 0 <= pkt.packet_type < len(engineio_packet.packet_names):
+            await self._refuse(f"unknown packet type {pkt.packet_type}")
+        await super().receive(pkt)
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        try:
+            await super().handle_post_request(environ)
+        except (ValueError, KeyError) as exc:  # what UTF-8 and Engine.IO payload decoding raise
+            await self._refuse(f"undecodable polling payload ({type(exc).__name__}: {exc})")
+        except engineio_exceptions.UnknownPacketError:
+            # OPEN, PING or NOOP, which clients do not post. engineio closes the session too, but
+            # waits for the client to poll the CLOSE packet, a poll it then refuses: the POST
+            # would never be answered.
+            await self._refuse("a packet type clients do not send in a polling POST")
+
+    async def _refuse(self, why: str) -> NoReturn:
+        """Close now, without waiting for the client to take the CLOSE packet, and stop reading.
+
+        The websocket reader stops at SocketIsClosedError; for a polling POST, Engine.IO answers
+        any EngineIOError with 400 and forgets the (already closed) session.
+        """
+        log.info("Closing Engine.IO connection %s: %s", self.sid, why[:160])
+        await self.close(wait=False, abort=False, reason=self.server.reason.SERVER_DISCONNECT)
+        raise engineio_exceptions.SocketIsClosedError(why)
+
+
 class StrictSocketIOServer(socketio.AsyncServer):
     """python-socketio's server, closing a connection that sends a packet it cannot parse.
 
@@ -492,7 +535,16 @@ class StrictSocketIOServer(socketio.AsyncServer):
     Socket.IO server closes it). Our clients send only CONNECT and DISCONNECT, as the gateway
     accepts no client events, so binary packets are refused too: they announce attachments that
     the library would keep until the connection ends (found by tests/test_protocol_abuse.py).
+    Malformed Engine.IO packets are refused by :class:`StrictEngineIOSocket`.
     """
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        # Engine.IO reports a connection right after creating its socket, before the socket
+        # reads anything: the one point where the socket's class can be chosen.
+        eio_socket = self.eio.sockets.get(eio_sid)
+        if type(eio_socket) is engineio_async_socket.AsyncSocket:
+            eio_socket.__class__ = StrictEngineIOSocket
+        return await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
