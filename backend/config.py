@@ -174,6 +174,8 @@ def _processor(raw: str) -> str | None:
 
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+#: is_valid_topic as one regular expression that JSON Schema (ECMA-262) reads too: for the API documents.
+TOPIC_NAME_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._-]{1,249}$"
 
 
 def is_valid_topic(name: str) -> bool:
