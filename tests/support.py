@@ -155,6 +155,27 @@ class ServedBackend:
         return f"http://127.0.0.1:{self.settings.producer_port}"
 
     @property
+    def ws(self) -> str:
+        """The plain WebSocket /ws."""
+        return f"ws://127.0.0.1:{self.settings.gateway_port}/ws"
+
+    @property
+    def engineio(self) -> str:
+        """Socket.IO's Engine.IO v4 endpoint, websocket transport."""
+        return f"ws://127.0.0.1:{self.settings.gateway_port}/socket.io/?EIO=4&transport=websocket"
+
+    @property
+    def bootstrap(self) -> str:
+        """The Kafka cluster it uses."""
+        assert self.settings.bootstrap_servers, "this backend runs on the embedded broker"
+        return self.settings.bootstrap_servers
+
+    @property
+    def topic(self) -> str:
+        """The first topic it consumes: the one its tests produce to."""
+        return self.settings.topics[0]
+
+    @property
     def auth_headers(self) -> dict[str, str]:
         token = self.settings.auth_token
         return {"Authorization": f"Bearer {token}"} if token else {}
