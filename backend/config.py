@@ -174,8 +174,10 @@ def _processor(raw: str) -> str | None:
 
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+#: is_valid_topic as one regular expression that JSON Schema (ECMA-262) reads too: for the API documents.
+TOPIC_NAME_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._-]{1,249}$"
 
 
 def is_valid_topic(name: str) -> bool:
     """Kafka's own rule: 1-249 of [A-Za-z0-9._-], and not '.' or '..'."""
-    return bool(TOPIC_NAME.match(name)) and name not in (".", "..")
+    return bool(TOPIC_NAME.fullmatch(name)) and name not in (".", "..")  # with match(), $ took "name\n"

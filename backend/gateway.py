@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import socketio
 from engineio import async_socket as engineio_async_socket
@@ -46,6 +46,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from socketio import packet as socketio_packet
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -54,7 +55,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from backend import engineio_websocket, events
 from backend.bus import EventBus
-from backend.config import Settings, is_valid_topic
+from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import Event
 from backend.websocket_protocol import WRITE_FRAMES, text_frame, texts_sender
 
@@ -165,6 +166,36 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+class ErrorBody(BaseModel):
+    """The body of every error answer of both APIs (see :func:`error_response`)."""
+
+    error: str = Field(description="Why the request was refused, for people to read (not to be parsed).")
+
+
+def error_doc(description: str, **extra: Any) -> dict[str, Any]:
+    """A ``responses=`` entry for an answer with :class:`ErrorBody`: documents, changes nothing."""
+    return {"model": ErrorBody, "description": description, **extra}
+
+
+def bad_request_doc(what: str) -> dict[int | str, dict[str, Any]]:
+    """The 400 of an operation with parameters: ``what`` its own code checks, plus the 400 of
+    :func:`create_api`'s RequestValidationError handler (which FastAPI would document as a 422)."""
+    return {400: error_doc(f"{what}; or a parameter outside the schema documented here. Nothing is done.")}
+
+
+#: 401 from :func:`require_token`, for the routers it guards.
+UNAUTHORIZED_DOC: dict[int | str, dict[str, Any]] = {
+    401: error_doc(
+        "AUTH_TOKEN is set and the request has no `Authorization: Bearer <token>` header, or a wrong token.",
+        headers={"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    )
+}
+#: 403 from :class:`OriginGuard`, for every operation of an app made by :func:`create_api`.
+FORBIDDEN_ORIGIN_DOC: dict[int | str, dict[str, Any]] = {
+    403: error_doc("The request's `Origin` header names an origin that is not allowed (CORS_ORIGINS).")
+}
+
+
 def require_token(settings: Settings) -> Callable[..., Awaitable[None]]:
     """A FastAPI dependency enforcing AUTH_TOKEN as a bearer token (401 otherwise)."""
     scheme = HTTPBearer(auto_error=False, description="The AUTH_TOKEN the backend was started with.")
@@ -198,7 +229,13 @@ def create_api(
     settings: Settings, title: str, description: str, lifespan: Any = None, version: str = "1.0.0"
 ) -> FastAPI:
     """A FastAPI app with the shared policy: origin allowlist + CORS, JSON errors, docs at /docs."""
-    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        responses=FORBIDDEN_ORIGIN_DOC,
+    )
     policy = OriginPolicy(settings.cors_origins)
     app.add_middleware(
         CORSMiddleware,
@@ -222,7 +259,33 @@ def create_api(
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, _validation_message(exc))
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _without_validation_422(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's way to adjust the document
     return app
+
+
+def _without_validation_422(document: dict[str, Any]) -> None:
+    """Drop the 422 "Validation Error" FastAPI adds to every operation with parameters or a body.
+
+    These apps never answer 422: ``invalid_request`` answers 400 with :class:`ErrorBody`, which the
+    operations document themselves (:func:`bad_request_doc`). FastAPI offers no switch for this
+    (fastapi/fastapi#3650) short of documenting a ``4XX`` or ``default`` catch-all, which would hide
+    every undocumented client error from schemathesis' status_code_conformance.
+    """
+    generated = {"$ref": "#/components/schemas/HTTPValidationError"}
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            schema = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema")
+            if schema == generated:
+                del responses["422"]
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
 
 
 # --- fan-out ------------------------------------------------------------------------------------
@@ -843,9 +906,83 @@ def _peer(websocket: WebSocket) -> str:
 
 # --- the app ------------------------------------------------------------------------------------
 
+# The REST answers as documented: the routes return plain dicts (``response_model=None``), these
+# models only describe them in the OpenAPI document (``responses=``) and change no answer.
+
+ISO_MS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+Timestamp = Annotated[str, Field(pattern=ISO_MS_PATTERN, description="ISO-8601 UTC with milliseconds and Z")]
+Offset = Annotated[str, Field(pattern=r"^\d+$", description="The Kafka offset, as a string")]
+Count = Annotated[int, Field(ge=0)]
+
+
+class HealthBody(BaseModel):
+    status: Literal["ok", "unavailable"]
+    reason: str | None = Field(description="Why the backend is not ready; null when it is")
+    broker: str = Field(description="The bootstrap servers")
+    brokerReachable: bool  # noqa: N815 - the API's field names
+    timestamp: Timestamp
+    gatewayClients: Count  # noqa: N815
+
+
+class StatisticsBody(BaseModel):
+    """The fields of the stats-updated event."""
+
+    totalMessages: Count  # noqa: N815
+    processedMessages: Count  # noqa: N815
+    failedMessages: Count  # noqa: N815
+    activeConsumers: Count  # noqa: N815
+    timestamp: Timestamp
+
+
+class LogBody(BaseModel):
+    """One Kafka record and its outcome."""
+
+    logId: str  # noqa: N815
+    topic: str
+    partition: Count
+    offset: Offset
+    dataType: Literal["SINGLE_MESSAGE", "CSV_BATCH"]  # noqa: N815
+    rowCount: Count  # noqa: N815
+    status: Literal["RECEIVED", "PROCESSING", "PROCESSED", "FAILED"]
+    consumerId: str | None  # noqa: N815
+    error: str | None
+    receivedAt: Timestamp  # noqa: N815
+    startedAt: Timestamp | None  # noqa: N815
+    completedAt: Timestamp | None  # noqa: N815
+    producedAt: Timestamp | None  # noqa: N815
+    key: str | None
+    sizeBytes: Count | None  # noqa: N815
+
+
+class ConsumerBody(BaseModel):
+    consumerId: str  # noqa: N815
+    status: Literal["ACTIVE", "INACTIVE"]
+    partitions: list[str] = Field(description='Assigned partitions as "topic-partition"')
+    lag: dict[str, Count | None] = Field(description="Records behind, per assigned partition (null: unknown)")
+    processedMessages: Count  # noqa: N815
+    failedMessages: Count  # noqa: N815
+    startedAt: Timestamp | None  # noqa: N815
+    lastError: str | None  # noqa: N815
+
+
+class StartedConsumerBody(BaseModel):
+    consumerId: str  # noqa: N815
+
+
+class StoppedConsumerBody(BaseModel):
+    consumerId: str  # noqa: N815
+    status: Literal["INACTIVE"]
+
+
 LogStatus = Annotated[
-    str | None, Query(description="RECEIVED, PROCESSING, PROCESSED or FAILED", examples=["FAILED"])
+    str | None,
+    Query(
+        description="RECEIVED, PROCESSING, PROCESSED or FAILED (in any case)",
+        examples=["FAILED"],
+        json_schema_extra={"enum": list(events.STATUSES)},
+    ),
 ]
+LogTopic = Annotated[str | None, Query(max_length=249, json_schema_extra={"pattern": TOPIC_NAME_PATTERN})]
 
 
 def create_gateway_app(backend: Any) -> ASGIApp:
@@ -873,23 +1010,49 @@ def create_gateway_app(backend: Any) -> ASGIApp:
         lifespan=lifespan,
     )
     api.state.gateway = gateway
-    router = APIRouter(prefix="/api", dependencies=[Security(require_token(settings))])
+    router = APIRouter(
+        prefix="/api", dependencies=[Security(require_token(settings))], responses=UNAUTHORIZED_DOC
+    )
 
-    @router.get("/health", tags=["health"], summary="200 once the consumers reach the broker, else 503")
+    @router.get(
+        "/health",
+        tags=["health"],
+        summary="200 once the consumers reach the broker, else 503",
+        responses={
+            200: {"model": HealthBody, "description": "Ready: the consumers reach the broker"},
+            503: {"model": HealthBody, "description": "Not ready (starting, or the broker is unreachable)"},
+        },
+    )
     def health() -> JSONResponse:
         state = backend.health()
         body = {**state.to_api(), "gatewayClients": gateway.client_count}
         return JSONResponse(body, status_code=200 if state.ok else 503)
 
-    @router.get("/consumers/statistics", tags=["consumers"], summary="The counters of stats-updated")
+    @router.get(
+        "/consumers/statistics",
+        tags=["consumers"],
+        summary="The counters of stats-updated",
+        response_model=None,
+        responses={200: {"model": StatisticsBody, "description": "The counters"}},
+    )
     def statistics() -> dict[str, Any]:
         return backend.statistics()
 
-    @router.get("/consumers/logs", tags=["consumers"], summary="Processed records, newest first")
+    @router.get(
+        "/consumers/logs",
+        tags=["consumers"],
+        summary="Processed records, newest first",
+        response_model=None,
+        responses={
+            200: {"model": list[LogBody], "description": "The logs, newest first"},
+            **bad_request_doc("Unknown status, invalid topic name, limit or offset out of range"),
+            503: error_doc("The store is not open (the backend is starting or stopping)"),
+        },
+    )
     def logs(
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         status: LogStatus = None,
-        topic: Annotated[str | None, Query(max_length=249)] = None,
+        topic: LogTopic = None,
         offset: Annotated[int, Query(ge=0, le=1_000_000, description="rows to skip, for paging")] = 0,
     ) -> list[dict[str, Any]]:
         if status is not None and status.upper() not in events.STATUSES:
@@ -904,15 +1067,37 @@ def create_gateway_app(backend: Any) -> ASGIApp:
         rows = store.logs(limit=limit, status=status.upper() if status else None, topic=topic, offset=offset)
         return [row.to_api() for row in rows]
 
-    @router.get("/consumers", tags=["consumers"], summary="The consumers and their partitions")
+    @router.get(
+        "/consumers",
+        tags=["consumers"],
+        summary="The consumers and their partitions",
+        response_model=None,
+        responses={200: {"model": list[ConsumerBody], "description": "The consumers"}},
+    )
     def consumers() -> list[dict[str, Any]]:
         return [snapshot.to_api() for snapshot in backend.pool.snapshots()] if backend.pool else []
 
-    @router.post("/consumers", status_code=201, tags=["consumers"], summary="Start one more consumer")
+    @router.post(
+        "/consumers",
+        status_code=201,
+        tags=["consumers"],
+        summary="Start one more consumer",
+        response_model=None,
+        responses={201: {"model": StartedConsumerBody, "description": "Started"}},
+    )
     def start_consumer() -> dict[str, str]:
         return {"consumerId": backend.start_consumer()}
 
-    @router.delete("/consumers/{consumerId}", tags=["consumers"], summary="Stop a consumer")
+    @router.delete(
+        "/consumers/{consumerId}",
+        tags=["consumers"],
+        summary="Stop a consumer",
+        response_model=None,
+        responses={
+            200: {"model": StoppedConsumerBody, "description": "Stopped"},
+            404: error_doc("No running consumer has this id"),
+        },
+    )
     def stop_consumer(consumerId: str) -> dict[str, str]:  # noqa: N803 - the contract's name
         if len(consumerId) > 100 or not backend.stop_consumer(consumerId):
             raise HTTPException(404, f"no running consumer {consumerId[:100]!r}")

@@ -13,12 +13,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from backend.config import Settings, is_valid_topic
+from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import CSV_BATCH, SINGLE_MESSAGE
-from backend.gateway import create_api, require_token
+from backend.gateway import UNAUTHORIZED_DOC, bad_request_doc, create_api, error_doc, require_token
 from backend.processing import DecodeError, parse_csv, parse_json
 
 log = logging.getLogger(__name__)
@@ -27,24 +28,44 @@ JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv")
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file of a multipart upload
 
-Topic = Annotated[
-    str | None,
-    Query(description="Kafka topic (created when missing): 1-249 of letters, digits, '.', '_', '-'"),
-]
+# ``topic`` is required (a missing one is a 400, as the contract has it), but the handlers check it
+# themselves (checked_topic), so FastAPI takes it as optional and the document says what is checked.
+Topic = Annotated[str | None, Query(include_in_schema=False)]
+TOPIC_PARAMETER = {
+    "name": "topic",
+    "in": "query",
+    "required": True,
+    "description": (
+        "Kafka topic, created when missing: 1-249 of letters, digits, '.', '_', '-'; "
+        "not '.' or '..', and not starting with '__' (Kafka's own topics)"
+    ),
+    "schema": {
+        "type": "string",
+        "pattern": f"^(?!__){TOPIC_NAME_PATTERN.removeprefix('^')}",
+        "examples": ["orders"],
+    },
+}
 
 SINGLE_BODY = {
+    "parameters": [TOPIC_PARAMETER],
     "requestBody": {
         "required": True,
-        "description": "Any JSON value; produced as sent.",
+        "description": "Any JSON value (also as `application/<anything>+json`); produced as sent.",
         "content": {"application/json": {"schema": {}, "example": {"name": "Test", "value": 100}}},
-    }
+    },
 }
+CSV_EXAMPLE = "name,value\nA,1\nB,2\n"
 CSV_BODY = {
+    "parameters": [TOPIC_PARAMETER],
     "requestBody": {
         "required": True,
-        "description": "A CSV document with a header row and at least one data row.",
+        "description": (
+            "A CSV document with a header row of distinct names and at least one data row, every row "
+            "with as many fields as the header; as the body, or as the field `file` of a form."
+        ),
         "content": {
-            "text/csv": {"schema": {"type": "string"}, "example": "name,value\nA,1\nB,2\n"},
+            "text/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE},
+            "application/csv": {"schema": {"type": "string"}, "example": CSV_EXAMPLE},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -53,8 +74,31 @@ CSV_BODY = {
                 }
             },
         },
-    }
+    },
 }
+
+
+class ProducedBody(BaseModel):
+    """Where the record landed."""
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: str = Field(pattern=r"^\d+$", description="The Kafka offset, as a string")
+
+
+class ProducedCsvBody(ProducedBody):
+    rowCount: int = Field(ge=1, description="Data rows (the header excluded)")  # noqa: N815 - the API's name
+
+
+def produce_errors(bad_request: str) -> dict[int | str, dict[str, Any]]:
+    """The error answers of both operations (401 and 403 are documented for the whole router/app)."""
+    return {
+        **bad_request_doc(bad_request),
+        413: error_doc(
+            "The body is over MAX_MESSAGE_BYTES; it was not read to its end and nothing was produced"
+        ),
+        503: error_doc("The broker did not take the record (unreachable, or timed out)"),
+    }
 
 
 class BadRequest(HTTPException):
@@ -137,7 +181,10 @@ def create_producer_app(backend: Any) -> FastAPI:
         ),
     )
     router = APIRouter(
-        prefix="/api/producers", tags=["producers"], dependencies=[Security(require_token(settings))]
+        prefix="/api/producers",
+        tags=["producers"],
+        dependencies=[Security(require_token(settings))],
+        responses=UNAUTHORIZED_DOC,
     )
 
     async def produce(topic: str, value: bytes, data_type: str) -> dict[str, Any]:
@@ -156,8 +203,10 @@ def create_producer_app(backend: Any) -> FastAPI:
         summary="Produce one JSON message",
         openapi_extra=SINGLE_BODY,
         responses={
-            400: {"description": "Not JSON, no topic, bad topic name"},
-            413: {"description": "Too large"},
+            201: {"model": ProducedBody, "description": "Produced"},
+            **produce_errors(
+                "No topic or an invalid one, a Content-Type other than JSON, a body that is not JSON"
+            ),
         },
     )
     async def send_single(request: Request, topic: Topic = None) -> JSONResponse:
@@ -180,8 +229,8 @@ def create_producer_app(backend: Any) -> FastAPI:
         summary="Produce one CSV document as one CSV_BATCH record",
         openapi_extra=CSV_BODY,
         responses={
-            400: {"description": "Malformed CSV, no topic, bad topic name"},
-            413: {"description": "Too large"},
+            201: {"model": ProducedCsvBody, "description": "Produced, as one CSV_BATCH record"},
+            **produce_errors("No topic or an invalid one, another Content-Type, a malformed CSV document"),
         },
     )
     async def send_csv(request: Request, topic: Topic = None) -> JSONResponse:

@@ -24,8 +24,9 @@ from kafka.errors import TopicAlreadyExistsError
 
 from backend import events
 from backend.config import Settings
-from backend.events import Event
+from backend.events import CSV_BATCH, FAILED, PROCESSED, SINGLE_MESSAGE, Event, make_log_id
 from backend.service import Backend
+from backend.store import LogRow
 
 
 def free_port() -> int:
@@ -155,6 +156,27 @@ class ServedBackend:
         return f"http://127.0.0.1:{self.settings.producer_port}"
 
     @property
+    def ws(self) -> str:
+        """The plain WebSocket /ws."""
+        return f"ws://127.0.0.1:{self.settings.gateway_port}/ws"
+
+    @property
+    def engineio(self) -> str:
+        """Socket.IO's Engine.IO v4 endpoint, websocket transport."""
+        return f"ws://127.0.0.1:{self.settings.gateway_port}/socket.io/?EIO=4&transport=websocket"
+
+    @property
+    def bootstrap(self) -> str:
+        """The Kafka cluster it uses."""
+        assert self.settings.bootstrap_servers, "this backend runs on the embedded broker"
+        return self.settings.bootstrap_servers
+
+    @property
+    def topic(self) -> str:
+        """The first topic it consumes: the one its tests produce to."""
+        return self.settings.topics[0]
+
+    @property
     def auth_headers(self) -> dict[str, str]:
         token = self.settings.auth_token
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -222,3 +244,54 @@ def chromium(*extra_args: str) -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+# ============================================================================================
+# Stored records for the dashboard tests (test_dashboard_apptest, test_analytics).
+# ============================================================================================
+
+#: Markup in a payload, for the pages to show as text.
+HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+
+
+def stored_rows(now_ms: int) -> list[LogRow]:
+    """A spread of records: processed and failed, JSON and CSV, with and without payloads."""
+    rows = []
+    for offset in range(120):
+        received = now_ms - (120 - offset) * 1000
+        failed = offset % 6 == 0
+        decode_failure = failed and offset % 12 == 0
+        csv = offset % 10 == 5
+        payload: object = {
+            "orderId": offset,
+            "amount": offset * 1.5,
+            "note": HOSTILE if offset == 7 else "ok",
+        }
+        if csv:
+            payload = [{"sku": "a", "qty": "2"}, {"sku": "b", "qty": "3"}]
+        rows.append(
+            LogRow(
+                log_id=make_log_id("apptest", "orders", offset % 3, offset),
+                cluster_id="apptest",
+                topic="orders" if offset % 4 else "payments",
+                partition=offset % 3,
+                offset=offset,
+                record_key=f"k{offset}" if offset % 5 == 0 else None,
+                data_type=CSV_BATCH if csv else SINGLE_MESSAGE,
+                row_count=2 if csv else 1,
+                status=FAILED if failed else PROCESSED,
+                consumer_id=f"consumer-{offset % 3 + 1}",
+                error=(
+                    f"invalid JSON: Expecting value at line 1 column {offset}"
+                    if decode_failure
+                    else ("ValueError: amount <script>alert(1)</script> too high" if failed else None)
+                ),
+                produced_ms=received - 5,
+                received_ms=received,
+                started_ms=received + 1,
+                completed_ms=received + 2 + offset % 7,
+                size_bytes=40,
+                payload=None if decode_failure else payload,
+            )
+        )
+    return rows

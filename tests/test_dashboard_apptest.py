@@ -1,4 +1,5 @@
-"""The dashboard's pages under Streamlit's AppTest, on a real backend; and the helpers behind them.
+"""The dashboard's pages under Streamlit's AppTest, on a real backend (the pieces behind the pages,
+without Streamlit: test_analytics.py).
 
 The backend is real and scoped to this module: an embedded broker (Tansu), the
 store in a temporary directory and three consumers, started without HTTP
@@ -19,15 +20,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backend import analytics, events
+from backend import events
 from backend.config import Settings
-from backend.events import CSV_BATCH, FAILED, PROCESSED, SINGLE_MESSAGE, make_log_id
+from backend.events import FAILED, SINGLE_MESSAGE
 from backend.service import Backend
-from backend.store import LogRow, Store
-from dashboard import producing, runtime
-from dashboard.live import LiveFeed
+from dashboard import runtime
 from dashboard.source import LocalSource, RemoteSource
-from tests.support import free_port, wait_for
+from tests.support import free_port, stored_rows, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard_app.py"
@@ -39,7 +38,6 @@ PAGES = [
     "pages/producer.py",
     "pages/consumers.py",
 ]
-HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 
 
 @pytest.fixture(scope="module")
@@ -69,49 +67,6 @@ def render(page: str) -> AppTest:
 
 def problems(app: AppTest) -> list[str]:
     return [str(exc.value) for exc in app.exception] + [str(e.value) for e in app.error]
-
-
-def stored_rows(now_ms: int) -> list[LogRow]:
-    """A spread of records: processed and failed, JSON and CSV, with and without payloads."""
-    rows = []
-    for offset in range(120):
-        received = now_ms - (120 - offset) * 1000
-        failed = offset % 6 == 0
-        decode_failure = failed and offset % 12 == 0
-        csv = offset % 10 == 5
-        payload: object = {
-            "orderId": offset,
-            "amount": offset * 1.5,
-            "note": HOSTILE if offset == 7 else "ok",
-        }
-        if csv:
-            payload = [{"sku": "a", "qty": "2"}, {"sku": "b", "qty": "3"}]
-        rows.append(
-            LogRow(
-                log_id=make_log_id("apptest", "orders", offset % 3, offset),
-                cluster_id="apptest",
-                topic="orders" if offset % 4 else "payments",
-                partition=offset % 3,
-                offset=offset,
-                record_key=f"k{offset}" if offset % 5 == 0 else None,
-                data_type=CSV_BATCH if csv else SINGLE_MESSAGE,
-                row_count=2 if csv else 1,
-                status=FAILED if failed else PROCESSED,
-                consumer_id=f"consumer-{offset % 3 + 1}",
-                error=(
-                    f"invalid JSON: Expecting value at line 1 column {offset}"
-                    if decode_failure
-                    else ("ValueError: amount <script>alert(1)</script> too high" if failed else None)
-                ),
-                produced_ms=received - 5,
-                received_ms=received,
-                started_ms=received + 1,
-                completed_ms=received + 2 + offset % 7,
-                size_bytes=40,
-                payload=None if decode_failure else payload,
-            )
-        )
-    return rows
 
 
 # --- every page, empty and with data ------------------------------------------------------------
@@ -282,116 +237,3 @@ def test_a_bad_setting_stops_the_dashboard_with_one_line(tmp_path: Path) -> None
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: CONSUMER_COUNT='many' is not a whole number"]
-
-
-# --- the pieces behind the pages ---------------------------------------------------------------
-
-
-def test_analytics_on_a_known_store(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    now = int(time.time() * 1000)
-    store.save(stored_rows(now))
-    volume = analytics.volume(store, 60_000)
-    assert sum(r["messages"] for r in volume) == 120
-    assert {r["status"] for r in volume} == {PROCESSED, FAILED}
-    rate = analytics.failure_rate(store, 3_600_000)
-    assert sum(r["failed"] for r in rate) == 20
-    latency = analytics.latency(store, 3_600_000)
-    assert latency and all(r["p50"] <= r["p90"] <= r["p99"] <= r["max"] for r in latency)
-    assert max(r["max"] for r in latency) == 8
-    groups = analytics.error_groups(store)
-    assert [g.count for g in groups] == [10, 10]
-    assert sorted(g.retriable for g in groups) == [0, 10]
-    decode = next(g for g in groups if g.pattern.startswith("invalid JSON"))
-    assert decode.pattern == "invalid JSON: Expecting value at line # column #"
-    assert len(analytics.failed_records(store, decode.errors, 5)) == 5
-    fields = {f["field"]: f["count"] for f in analytics.numeric_fields(store)}
-    assert fields["amount"] == 88 and fields["qty"] == 2 * 12  # CSV text that spells a number counts
-    series = analytics.field_series(store, "amount", 3_600_000)
-    expected = sum(o * 1.5 for o in range(120) if o % 6 and o % 10 != 5)
-    assert sum(r["sum"] for r in series) == pytest.approx(expected)
-    assert max(r["max"] for r in series) == 119 * 1.5
-    topics = {t["topic"]: t for t in analytics.topic_summary(store)}
-    assert topics["payments"]["total"] == 30
-
-
-def test_a_live_feed_follows_the_bus_and_stays_bounded(backend: Backend) -> None:
-    feed = LiveFeed()
-    source = LocalSource(backend)
-    feed.sync(source)
-    start = feed.cursor
-    for number in range(500):
-        log_id = f"feed-{number}"
-        at = events.now_ms()
-        backend.bus.publish(
-            events.MESSAGE_RECEIVED, events.message_received(log_id, "feed", 0, number, SINGLE_MESSAGE, 1, at)
-        )
-        backend.bus.publish(
-            events.PROCESSING_COMPLETED, events.processing_completed(log_id, "consumer-1", at)
-        )
-    new = feed.sync(source)
-    assert new >= 1000  # and whatever the backend published meanwhile
-    assert feed.cursor == start + new
-    assert len(feed.rows) <= 200
-    assert feed.tail(3)[0]["logId"] == "feed-499" and feed.tail(3)[0]["status"] == PROCESSED
-    assert sum(r["count"] for r in feed.throughput(5, 5)) >= 500
-    snapshot = feed.snapshot(None)
-    assert snapshot["seq"] == feed.cursor and len(snapshot["rows"]) == 50
-
-
-def test_a_feed_that_fell_behind_reloads_from_the_store(backend: Backend) -> None:
-    feed = LiveFeed()
-    source = LocalSource(backend)
-    feed.sync(source)
-    feed.cursor -= 10**6  # as if this tab slept through more than the bus holds
-    newest = backend.bus.last_seq
-    assert feed.sync(source) == 0
-    assert feed.resyncs == 1 and newest <= feed.cursor <= backend.bus.last_seq
-
-
-def test_retry_sends_the_decoded_payload_again() -> None:
-    rows = stored_rows(int(time.time() * 1000))
-    json_row = next(
-        r for r in rows if r.status == FAILED and r.payload is not None and r.data_type == SINGLE_MESSAGE
-    )
-    value, data_type = producing.retry_payload(json_row)
-    assert data_type == SINGLE_MESSAGE and json.loads(value) == json_row.payload
-    csv_row = next(r for r in rows if r.data_type == CSV_BATCH)
-    value, data_type = producing.retry_payload(csv_row)
-    assert data_type == CSV_BATCH and value == b"sku,qty\na,2\nb,3\n"
-    assert producing.retry_payload(next(r for r in rows if r.payload is None)) is None
-
-
-def test_large_csv_files_are_split_into_batches_that_fit() -> None:
-    header = ["id", "text"]
-    rows = [{"id": str(i), "text": "x" * 50} for i in range(1000)]
-    chunks = producing.csv_chunks(header, rows, 10_000)
-    assert len(chunks) > 1 and all(len(c) <= 10_000 for c in chunks)
-    assert all(c.startswith(b"id,text\n") for c in chunks)
-    assert sum(c.count(b"\n") - 1 for c in chunks) == 1000
-    assert producing.csv_chunks(header, rows[:3], 10_000) == [producing.to_csv(header, rows[:3])]
-
-
-def test_demo_traffic_is_bounded_and_stoppable() -> None:
-    sent: list[tuple[str, bytes, str]] = []
-
-    def produce(topic: str, value: bytes, data_type: str, key: bytes | None) -> object:
-        sent.append((topic, value, data_type))
-        return None
-
-    generator = producing.TrafficGenerator()
-    run = generator.start(produce, "demo", 10_000, 10_000, 0.5)
-    assert run.rate == producing.MAX_RATE and run.duration_s == producing.MAX_DURATION_S
-    with pytest.raises(RuntimeError):
-        generator.start(produce, "demo", 1, 1, 0)
-    wait_for(lambda: run.sent >= 20, 10, "some demo records")
-    generator.stop()
-    wait_for(lambda: not run.running, 10, "the generator to stop")
-    assert run.stopped and run.sent < run.planned
-    assert 0 < run.bad < run.sent
-    good = [
-        json.loads(v)
-        for _, v, t in sent
-        if t == SINGLE_MESSAGE and b'"customer"' in v  # a good order, not one of the bad kinds
-    ]
-    assert good and all(isinstance(g["amount"], float) for g in good)

@@ -7,20 +7,17 @@ socket.io-client (npm) side is in test_socketio_client.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import websockets
-from kafka.errors import TopicAlreadyExistsError
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Opcode
@@ -28,9 +25,15 @@ from websockets.uri import parse_uri
 
 import backend.gateway as gateway_module
 from backend import events
-from backend.config import Settings
-from backend.service import Backend
-from tests.support import backend_settings, create_topic, foreign_producer, start_backend, unique, wait_for
+from tests.support import (
+    ServedBackend,
+    backend_settings,
+    ensure_topic,
+    foreign_producer,
+    serve_backend,
+    unique,
+    wait_for,
+)
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SEED_BODY = {"name": "Test", "value": 100}
@@ -38,60 +41,22 @@ TOKEN = "s3cret-token"
 APP_ORIGIN = "http://app.example"
 
 
-@dataclass
-class Served:
-    """A running backend and where to reach it."""
-
-    backend: Backend
-    settings: Settings
-    topic: str
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.settings.gateway_port}"
-
-    @property
-    def producer(self) -> str:
-        return f"http://127.0.0.1:{self.settings.producer_port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.settings.gateway_port}/ws"
-
-    @property
-    def engineio(self) -> str:
-        return f"ws://127.0.0.1:{self.settings.gateway_port}/socket.io/?EIO=4&transport=websocket"
-
-
-def ensure_topic(bootstrap: str, topic: str) -> None:
-    with contextlib.suppress(TopicAlreadyExistsError):
-        create_topic(bootstrap, topic)
-
-
-def serve(settings: Settings, topic: str) -> Served:
-    backend = start_backend(settings, serve_http=True)
-    headers = {"Authorization": f"Bearer {settings.auth_token}"} if settings.auth_token else {}
-    url = f"http://127.0.0.1:{settings.gateway_port}/api/health"
-    wait_for(lambda: httpx.get(url, headers=headers).status_code == 200, 60, "the backend to be healthy")
-    return Served(backend, settings, topic)
-
-
 @pytest.fixture(scope="module")
-def served(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The backend most tests share: default CORS policy, no token, consuming 'test' and its own topic."""
+def served(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBackend]:
+    """The backend most tests share: default CORS policy, no token, consuming its own topic and 'test'."""
     topic = unique("gateway")
-    for name in ("test", topic):
+    for name in (topic, "test"):
         ensure_topic(kafka.bootstrap, name)
     settings = backend_settings(
-        tmp_path_factory.mktemp("gateway"), kafka.bootstrap, topics=("test", topic), consumer_count=2
+        tmp_path_factory.mktemp("gateway"), kafka.bootstrap, topics=(topic, "test"), consumer_count=2
     )
-    running = serve(settings, topic)
+    running = serve_backend(settings)
     yield running
     running.backend.stop()
 
 
 @pytest.fixture(scope="module")
-def secured(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def secured(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBackend]:
     """A backend with AUTH_TOKEN and an explicit CORS_ORIGINS list (no consumers needed)."""
     topic = unique("secured")
     settings = backend_settings(
@@ -102,7 +67,7 @@ def secured(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         auth_token=TOKEN,
         cors_origins=(APP_ORIGIN,),
     )
-    running = serve(settings, topic)
+    running = serve_backend(settings)
     yield running
     running.backend.stop()
 
@@ -133,7 +98,7 @@ async def frames_until(
             return frames
 
 
-def produce_seed_message(served: Served, topic: str = "test") -> dict[str, Any]:
+def produce_seed_message(served: ServedBackend, topic: str = "test") -> dict[str, Any]:
     """The seed's curl: POST /api/producers/send/single?topic=test with {"name": "Test", "value": 100}."""
     response = httpx.post(
         f"{served.producer}/api/producers/send/single", params={"topic": topic}, json=SEED_BODY
@@ -308,7 +273,7 @@ class EngineIOClient:
 # --- /ws --------------------------------------------------------------------------------------
 
 
-def test_ws_client_gets_connection_success_then_the_seed_events_with_seq(served: Served) -> None:
+def test_ws_client_gets_connection_success_then_the_seed_events_with_seq(served: ServedBackend) -> None:
     async def run() -> None:
         async with websockets.connect(served.ws) as ws:
             hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
@@ -343,7 +308,7 @@ def test_ws_client_gets_connection_success_then_the_seed_events_with_seq(served:
     asyncio.run(run())
 
 
-def test_ws_reconnect_with_last_seq_replays_what_was_missed_then_goes_live(served: Served) -> None:
+def test_ws_reconnect_with_last_seq_replays_what_was_missed_then_goes_live(served: ServedBackend) -> None:
     async def run() -> None:
         async with websockets.connect(served.ws) as ws:
             last_seq = json.loads(await asyncio.wait_for(ws.recv(), 10))["seq"]
@@ -390,7 +355,7 @@ def test_ws_reconnect_with_last_seq_replays_what_was_missed_then_goes_live(serve
     asyncio.run(run())
 
 
-def test_ws_resync_required_when_last_seq_is_not_held(served: Served) -> None:
+def test_ws_resync_required_when_last_seq_is_not_held(served: ServedBackend) -> None:
     bus = served.backend.bus
 
     async def resync_then_live(last_seq: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -418,7 +383,7 @@ def test_ws_resync_required_when_last_seq_is_not_held(served: Served) -> None:
 
 
 @pytest.mark.parametrize("query", ["lastSeq=-1", "lastSeq=abc", "lastSeq=1.5"])
-def test_ws_refuses_a_malformed_last_seq(served: Served, query: str) -> None:
+def test_ws_refuses_a_malformed_last_seq(served: ServedBackend, query: str) -> None:
     async def run() -> None:
         async with websockets.connect(f"{served.ws}?{query}") as ws:
             with pytest.raises(ConnectionClosed) as closed:
@@ -432,29 +397,29 @@ def test_ws_refuses_a_malformed_last_seq(served: Served, query: str) -> None:
 # --- REST -------------------------------------------------------------------------------------
 
 
-def test_health_statistics_and_docs(served: Served) -> None:
-    health = httpx.get(f"{served.api}/api/health")
+def test_health_statistics_and_docs(served: ServedBackend) -> None:
+    health = httpx.get(f"{served.gateway}/api/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    stats = httpx.get(f"{served.api}/api/consumers/statistics").json()
+    stats = httpx.get(f"{served.gateway}/api/consumers/statistics").json()
     for name in ("totalMessages", "processedMessages", "failedMessages", "activeConsumers"):
         assert type(stats[name]) is int, stats
     assert stats["activeConsumers"] == 2 and ISO_MS.match(stats["timestamp"])
-    docs = httpx.get(f"{served.api}/docs")
+    docs = httpx.get(f"{served.gateway}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
-    paths = httpx.get(f"{served.api}/openapi.json").json()["paths"]
+    paths = httpx.get(f"{served.gateway}/openapi.json").json()["paths"]
     assert {"/api/health", "/api/consumers/statistics", "/api/consumers/logs", "/api/consumers"} <= set(paths)
     assert "/api/consumers/{consumerId}" in paths
-    missing = httpx.get(f"{served.api}/api/nothing-here")
+    missing = httpx.get(f"{served.gateway}/api/nothing-here")
     assert missing.status_code == 404 and "error" in missing.json()
 
 
-def test_logs_are_newest_first_and_filtered(served: Served, kafka: Any) -> None:
+def test_logs_are_newest_first_and_filtered(served: ServedBackend, kafka: Any) -> None:
     topic = served.topic
     good = [produce_seed_message(served, topic) for _ in range(2)]
     producer = foreign_producer(kafka.bootstrap)
     bad = producer.send(topic, value=b'{"broken": ', partition=0).get(timeout=15)
     producer.close()
-    logs_url = f"{served.api}/api/consumers/logs"
+    logs_url = f"{served.gateway}/api/consumers/logs"
 
     def stored() -> list[dict[str, Any]]:
         return httpx.get(logs_url, params={"topic": topic, "limit": 1000}).json()
@@ -490,23 +455,23 @@ def test_logs_are_newest_first_and_filtered(served: Served, kafka: Any) -> None:
     ],
 )
 def test_logs_query_validation_is_a_readable_400(
-    served: Served, params: dict[str, Any], fragment: str
+    served: ServedBackend, params: dict[str, Any], fragment: str
 ) -> None:
-    response = httpx.get(f"{served.api}/api/consumers/logs", params=params)
+    response = httpx.get(f"{served.gateway}/api/consumers/logs", params=params)
     assert response.status_code == 400
     assert fragment in response.json()["error"]
 
 
-def test_consumers_can_be_listed_started_and_stopped(served: Served) -> None:
+def test_consumers_can_be_listed_started_and_stopped(served: ServedBackend) -> None:
     async def run() -> None:
         async with websockets.connect(served.ws) as ws:
             hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            listed = httpx.get(f"{served.api}/api/consumers").json()
+            listed = httpx.get(f"{served.gateway}/api/consumers").json()
             assert {"consumer-1", "consumer-2"} <= {c["consumerId"] for c in listed}
             assert all(isinstance(c["partitions"], list) and c["status"] for c in listed)
             assert all(re.fullmatch(r".+-\d+", p) for c in listed for p in c["partitions"])
 
-            created = await asyncio.to_thread(httpx.post, f"{served.api}/api/consumers")
+            created = await asyncio.to_thread(httpx.post, f"{served.gateway}/api/consumers")
             assert created.status_code == 201
             new_id = created.json()["consumerId"]
 
@@ -522,15 +487,15 @@ def test_consumers_can_be_listed_started_and_stopped(served: Served) -> None:
                 )
 
             frames = await frames_until(ws, status_of("ACTIVE"), what="consumer-status-changed ACTIVE")
-            assert new_id in {c["consumerId"] for c in httpx.get(f"{served.api}/api/consumers").json()}
+            assert new_id in {c["consumerId"] for c in httpx.get(f"{served.gateway}/api/consumers").json()}
 
             deleted = await asyncio.to_thread(
-                httpx.delete, f"{served.api}/api/consumers/{new_id}", timeout=30
+                httpx.delete, f"{served.gateway}/api/consumers/{new_id}", timeout=30
             )
             assert deleted.status_code == 200
             frames += await frames_until(ws, status_of("INACTIVE"), what="consumer-status-changed INACTIVE")
             assert_consecutive(frames, hello["seq"])
-            again = await asyncio.to_thread(httpx.delete, f"{served.api}/api/consumers/{new_id}")
+            again = await asyncio.to_thread(httpx.delete, f"{served.gateway}/api/consumers/{new_id}")
             assert again.status_code == 404 and new_id in again.json()["error"]
 
     asyncio.run(run())
@@ -540,8 +505,8 @@ def test_consumers_can_be_listed_started_and_stopped(served: Served) -> None:
 
 
 @pytest.mark.parametrize("origin", ["http://localhost:5173", "http://127.0.0.1:8080", "http://localhost"])
-def test_default_policy_allows_local_origins(served: Served, origin: str) -> None:
-    response = httpx.get(f"{served.api}/api/consumers/statistics", headers={"Origin": origin})
+def test_default_policy_allows_local_origins(served: ServedBackend, origin: str) -> None:
+    response = httpx.get(f"{served.gateway}/api/consumers/statistics", headers={"Origin": origin})
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == origin
     preflight = httpx.options(
@@ -564,13 +529,18 @@ def test_default_policy_allows_local_origins(served: Served, origin: str) -> Non
 @pytest.mark.parametrize(
     "origin", ["http://evil.example", "http://localhost.evil.example", "https://localhost:5173", "null"]
 )
-def test_default_policy_refuses_other_origins_on_every_surface(served: Served, origin: str) -> None:
-    for url in (f"{served.api}/api/consumers/statistics", f"{served.api}/socket.io/?EIO=4&transport=polling"):
+def test_default_policy_refuses_other_origins_on_every_surface(served: ServedBackend, origin: str) -> None:
+    for url in (
+        f"{served.gateway}/api/consumers/statistics",
+        f"{served.gateway}/socket.io/?EIO=4&transport=polling",
+    ):
         response = httpx.get(url, headers={"Origin": origin})
         assert response.status_code in (400, 403), (url, response.status_code)
         assert "access-control-allow-origin" not in response.headers
-    assert "not allowed" in httpx.get(f"{served.api}/api/health", headers={"Origin": origin}).json()["error"]
-    posted = httpx.post(f"{served.api}/api/consumers", headers={"Origin": origin})
+    assert (
+        "not allowed" in httpx.get(f"{served.gateway}/api/health", headers={"Origin": origin}).json()["error"]
+    )
+    posted = httpx.post(f"{served.gateway}/api/consumers", headers={"Origin": origin})
     assert posted.status_code == 403  # a foreign page cannot start consumers through a user's browser
 
     async def ws_handshake(url: str) -> None:
@@ -583,15 +553,15 @@ def test_default_policy_refuses_other_origins_on_every_surface(served: Served, o
     asyncio.run(ws_handshake(served.engineio))
 
 
-def test_token_is_required_on_rest_and_ws(secured: Served) -> None:
-    url = f"{secured.api}/api/consumers/statistics"
+def test_token_is_required_on_rest_and_ws(secured: ServedBackend) -> None:
+    url = f"{secured.gateway}/api/consumers/statistics"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
         response = httpx.get(url, headers=headers)
         assert response.status_code == 401 and "error" in response.json(), headers
         assert response.headers["www-authenticate"] == "Bearer"
-    assert httpx.post(f"{secured.api}/api/consumers").status_code == 401
+    assert httpx.post(f"{secured.gateway}/api/consumers").status_code == 401
     assert httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    assert httpx.get(f"{secured.api}/api/health").status_code == 401
+    assert httpx.get(f"{secured.gateway}/api/health").status_code == 401
 
     async def refused(query: str) -> tuple[int, str]:
         async with websockets.connect(f"{secured.ws}{query}") as ws:
@@ -611,9 +581,9 @@ def test_token_is_required_on_rest_and_ws(secured: Served) -> None:
     assert asyncio.run(hello()) == events.CONNECTION_SUCCESS
 
 
-def test_explicit_origin_list_replaces_the_localhost_default(secured: Served) -> None:
+def test_explicit_origin_list_replaces_the_localhost_default(secured: ServedBackend) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    url = f"{secured.api}/api/consumers/statistics"
+    url = f"{secured.gateway}/api/consumers/statistics"
     allowed = httpx.get(url, headers={**auth, "Origin": APP_ORIGIN})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == APP_ORIGIN
     preflight = httpx.options(
@@ -641,7 +611,7 @@ def test_explicit_origin_list_replaces_the_localhost_default(secured: Served) ->
 
 
 def test_slow_clients_are_cut_off_while_others_keep_receiving(
-    served: Served, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    served: ServedBackend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A /ws client and a Socket.IO client that stop reading are disconnected with a logged reason;
     a /ws client and a Socket.IO client that keep reading get every event, in order."""
@@ -666,7 +636,7 @@ def test_slow_clients_are_cut_off_while_others_keep_receiving(
         start = json.loads(await asyncio.wait_for(fast_ws.recv(), 10))["seq"]
         fast_sio = await EngineIOClient.connect(served.engineio)
         await fast_sio.until(lambda name, data, seq: name == events.CONNECTION_SUCCESS)
-        clients = httpx.get(f"{served.api}/api/health").json()["gatewayClients"]
+        clients = httpx.get(f"{served.gateway}/api/health").json()["gatewayClients"]
         frames: list[dict[str, Any]] = []
         published = 0
         # Publish in steps, each only after both readers have everything so far: the readers keep
@@ -693,7 +663,7 @@ def test_slow_clients_are_cut_off_while_others_keep_receiving(
         assert any("/ws client" in m for m in messages) and any("Socket.IO client" in m for m in messages)
         assert all("events behind" in m for m in messages)
         assert clients_before == 4
-        health = f"{served.api}/api/health"
+        health = f"{served.gateway}/api/health"
         wait_for(lambda: httpx.get(health).json()["gatewayClients"] == 0, 10, "the clients to be gone")
         # Reading again, each stalled client finds its connection closed, well short of the last event.
         for client in (stalled_ws, stalled_sio):

@@ -1,0 +1,143 @@
+"""The pieces behind the dashboard's pages, without Streamlit: analytics over a known store, the
+live feed that follows the bus, and the producing helpers (retry, CSV batches, demo traffic).
+
+The live-feed tests use a backend on the embedded broker (Tansu), without HTTP servers or
+consumers: they publish on its bus themselves and read its store.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend import analytics, events
+from backend.events import CSV_BATCH, FAILED, PROCESSED, SINGLE_MESSAGE
+from backend.service import Backend
+from backend.store import Store
+from dashboard import producing
+from dashboard.live import LiveFeed
+from dashboard.source import LocalSource
+from tests.support import backend_settings, start_backend, stored_rows, wait_for
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    settings = backend_settings(tmp_path_factory.mktemp("analytics"), None, consumer_count=0)
+    started = start_backend(settings)
+    wait_for(lambda: started.health().ok, 30, "the backend to reach the embedded broker")
+    yield started
+    started.stop()
+
+
+def test_analytics_on_a_known_store(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    now = int(time.time() * 1000)
+    store.save(stored_rows(now))
+    volume = analytics.volume(store, 60_000)
+    assert sum(r["messages"] for r in volume) == 120
+    assert {r["status"] for r in volume} == {PROCESSED, FAILED}
+    rate = analytics.failure_rate(store, 3_600_000)
+    assert sum(r["failed"] for r in rate) == 20
+    latency = analytics.latency(store, 3_600_000)
+    assert latency and all(r["p50"] <= r["p90"] <= r["p99"] <= r["max"] for r in latency)
+    assert max(r["max"] for r in latency) == 8
+    groups = analytics.error_groups(store)
+    assert [g.count for g in groups] == [10, 10]
+    assert sorted(g.retriable for g in groups) == [0, 10]
+    decode = next(g for g in groups if g.pattern.startswith("invalid JSON"))
+    assert decode.pattern == "invalid JSON: Expecting value at line # column #"
+    assert len(analytics.failed_records(store, decode.errors, 5)) == 5
+    fields = {f["field"]: f["count"] for f in analytics.numeric_fields(store)}
+    assert fields["amount"] == 88 and fields["qty"] == 2 * 12  # CSV text that spells a number counts
+    series = analytics.field_series(store, "amount", 3_600_000)
+    expected = sum(o * 1.5 for o in range(120) if o % 6 and o % 10 != 5)
+    assert sum(r["sum"] for r in series) == pytest.approx(expected)
+    assert max(r["max"] for r in series) == 119 * 1.5
+    topics = {t["topic"]: t for t in analytics.topic_summary(store)}
+    assert topics["payments"]["total"] == 30
+
+
+def test_a_live_feed_follows_the_bus_and_stays_bounded(backend: Backend) -> None:
+    feed = LiveFeed()
+    source = LocalSource(backend)
+    feed.sync(source)
+    start = feed.cursor
+    for number in range(500):
+        log_id = f"feed-{number}"
+        at = events.now_ms()
+        backend.bus.publish(
+            events.MESSAGE_RECEIVED, events.message_received(log_id, "feed", 0, number, SINGLE_MESSAGE, 1, at)
+        )
+        backend.bus.publish(
+            events.PROCESSING_COMPLETED, events.processing_completed(log_id, "consumer-1", at)
+        )
+    new = feed.sync(source)
+    assert new >= 1000  # and whatever the backend published meanwhile
+    assert feed.cursor == start + new
+    assert len(feed.rows) <= 200
+    assert feed.tail(3)[0]["logId"] == "feed-499" and feed.tail(3)[0]["status"] == PROCESSED
+    assert sum(r["count"] for r in feed.throughput(5, 5)) >= 500
+    snapshot = feed.snapshot(None)
+    assert snapshot["seq"] == feed.cursor and len(snapshot["rows"]) == 50
+
+
+def test_a_feed_that_fell_behind_reloads_from_the_store(backend: Backend) -> None:
+    feed = LiveFeed()
+    source = LocalSource(backend)
+    feed.sync(source)
+    feed.cursor -= 10**6  # as if this tab slept through more than the bus holds
+    newest = backend.bus.last_seq
+    assert feed.sync(source) == 0
+    assert feed.resyncs == 1 and newest <= feed.cursor <= backend.bus.last_seq
+
+
+def test_retry_sends_the_decoded_payload_again() -> None:
+    rows = stored_rows(int(time.time() * 1000))
+    json_row = next(
+        r for r in rows if r.status == FAILED and r.payload is not None and r.data_type == SINGLE_MESSAGE
+    )
+    value, data_type = producing.retry_payload(json_row)
+    assert data_type == SINGLE_MESSAGE and json.loads(value) == json_row.payload
+    csv_row = next(r for r in rows if r.data_type == CSV_BATCH)
+    value, data_type = producing.retry_payload(csv_row)
+    assert data_type == CSV_BATCH and value == b"sku,qty\na,2\nb,3\n"
+    assert producing.retry_payload(next(r for r in rows if r.payload is None)) is None
+
+
+def test_large_csv_files_are_split_into_batches_that_fit() -> None:
+    header = ["id", "text"]
+    rows = [{"id": str(i), "text": "x" * 50} for i in range(1000)]
+    chunks = producing.csv_chunks(header, rows, 10_000)
+    assert len(chunks) > 1 and all(len(c) <= 10_000 for c in chunks)
+    assert all(c.startswith(b"id,text\n") for c in chunks)
+    assert sum(c.count(b"\n") - 1 for c in chunks) == 1000
+    assert producing.csv_chunks(header, rows[:3], 10_000) == [producing.to_csv(header, rows[:3])]
+
+
+def test_demo_traffic_is_bounded_and_stoppable() -> None:
+    sent: list[tuple[str, bytes, str]] = []
+
+    def produce(topic: str, value: bytes, data_type: str, key: bytes | None) -> object:
+        sent.append((topic, value, data_type))
+        return None
+
+    generator = producing.TrafficGenerator()
+    run = generator.start(produce, "demo", 10_000, 10_000, 0.5)
+    assert run.rate == producing.MAX_RATE and run.duration_s == producing.MAX_DURATION_S
+    with pytest.raises(RuntimeError):
+        generator.start(produce, "demo", 1, 1, 0)
+    wait_for(lambda: run.sent >= 20, 10, "some demo records")
+    generator.stop()
+    wait_for(lambda: not run.running, 10, "the generator to stop")
+    assert run.stopped and run.sent < run.planned
+    assert 0 < run.bad < run.sent
+    good = [
+        json.loads(v)
+        for _, v, t in sent
+        if t == SINGLE_MESSAGE and b'"customer"' in v  # a good order, not one of the bad kinds
+    ]
+    assert good and all(isinstance(g["amount"], float) for g in good)
