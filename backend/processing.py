@@ -118,6 +118,10 @@ def parse_json(text: str) -> Any:
         raise DecodeError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise DecodeError("invalid JSON: nested too deeply") from None
+    except DecodeError:
+        raise
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits (sys.int_info)
+        raise DecodeError(f"invalid JSON: {str(exc)[:120]}") from None
 
 
 def _reject_constant(name: str) -> Any:

@@ -30,6 +30,12 @@ def test_json_array_counts_its_elements() -> None:
     assert (result.ok, result.data_type, result.row_count) == (True, SINGLE_MESSAGE, 3)
 
 
+def test_integer_beyond_pythons_digit_limit_is_a_readable_error() -> None:
+    result = outcome(b'{"v": ' + b"9" * 5000 + b"}", limit=10_000)
+    assert not result.ok
+    assert result.error is not None and result.error.startswith("invalid JSON") and "digits" in result.error
+
+
 def test_csv_with_header_counts_data_rows() -> None:
     result = outcome(b"name,value\nA,1\nB,2\n")
     assert (result.ok, result.data_type, result.row_count) == (True, CSV_BATCH, 2)
