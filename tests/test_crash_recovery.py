@@ -18,10 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_backend(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m backend`` and return once it says it is ready (it has its signal handlers then)."""
+    readies = log_path.read_text().count("Backend ready") if log_path.exists() else 0
     log_file = log_path.open("ab")
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "backend"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT
     )
+    wait_for(
+        lambda: process.poll() is None and log_path.read_text().count("Backend ready") > readies,
+        60,
+        "the backend to be ready",
+    )
+    return process
 
 
 def stored(data_dir: Path, topic: str) -> int:

@@ -81,3 +81,19 @@ def test_log_detail_keeps_the_payload(tmp_path: Path) -> None:
     detail = store.log(row(7).log_id)
     assert detail is not None and detail.payload == {"name": "Test", "value": 100}
     assert store.log("missing") is None
+
+
+def test_commits_never_checkpoint_and_close_folds_the_wal_back(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    # The writer leaves checkpoints (and their fsync) to the store's own thread.
+    assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    store.save([row(offset) for offset in range(3000)])
+    assert store._checkpointer.is_alive()
+    store.close()
+    assert not store._checkpointer.is_alive()
+    assert not (tmp_path / "dashboard.sqlite3-wal").exists()
+    reopened = Store(tmp_path)
+    try:
+        assert reopened.counts().total == 3000
+    finally:
+        reopened.close()
