@@ -15,25 +15,23 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from kafka.errors import TopicAlreadyExistsError
 
 from backend import events
 from backend.config import Settings
-from backend.service import Backend
 from tests.support import (
+    ServedBackend,
     backend_settings,
     chromium,
-    create_topic,
+    ensure_topic,
     foreign_producer,
     free_port,
     npm_install,
-    start_backend,
+    serve_backend,
     static_server,
     unique,
     wait_for,
@@ -146,40 +144,15 @@ def probe(url: str, **config: Any) -> Iterator[Probe]:
         client.close()
 
 
-@dataclass
-class Served:
-    backend: Backend
-    settings: Settings
-
-    @property
-    def gateway(self) -> str:
-        return f"http://127.0.0.1:{self.settings.gateway_port}"
-
-    @property
-    def producer(self) -> str:
-        return f"http://127.0.0.1:{self.settings.producer_port}"
-
-
-def ensure_topic(bootstrap: str, topic: str) -> None:
-    with contextlib.suppress(TopicAlreadyExistsError):
-        create_topic(bootstrap, topic)
-
-
-def serve(settings: Settings) -> Served:
-    backend = start_backend(settings, serve_http=True)
-    headers = {"Authorization": f"Bearer {settings.auth_token}"} if settings.auth_token else {}
-    url = f"http://127.0.0.1:{settings.gateway_port}/api/health"
-    wait_for(lambda: httpx.get(url, headers=headers).status_code == 200, 60, "the backend to be healthy")
-    return Served(backend, settings)
-
-
 @pytest.fixture(scope="module")
-def served(kafka: Any, tmp_path_factory: pytest.TempPathFactory, probe_ready: None) -> Iterator[Served]:
+def served(
+    kafka: Any, tmp_path_factory: pytest.TempPathFactory, probe_ready: None
+) -> Iterator[ServedBackend]:
     ensure_topic(kafka.bootstrap, "test")
     settings = backend_settings(
         tmp_path_factory.mktemp("sio"), kafka.bootstrap, topics=("test",), consumer_count=2
     )
-    running = serve(settings)
+    running = serve_backend(settings)
     yield running
     running.backend.stop()
 
@@ -261,7 +234,7 @@ TRANSPORTS = {
 
 
 @pytest.mark.parametrize("variant", list(TRANSPORTS))
-def test_seed_client_gets_connection_success_and_the_seed_events(served: Served, variant: str) -> None:
+def test_seed_client_gets_connection_success_and_the_seed_events(served: ServedBackend, variant: str) -> None:
     options, transport, upgraded_to = TRANSPORTS[variant]
     with probe(served.gateway, io=options) as client:
         _, opened = client.wait(lambda r: r["type"] == "open", 15, "the Engine.IO connection")
@@ -288,7 +261,7 @@ def test_seed_client_gets_connection_success_and_the_seed_events(served: Served,
 def test_zero_config_embedded_broker_serves_the_seed_client(tmp_path: Path, probe_ready: None) -> None:
     """No KAFKA_BOOTSTRAP_SERVERS: the embedded broker starts and the seed's flow works end to end."""
     settings = Settings(data_dir=tmp_path / "data", gateway_port=free_port(), producer_port=free_port())
-    running = serve(settings)
+    running = serve_backend(settings)
     try:
         with probe(running.gateway, io=SEED_OPTIONS) as client:
             start, _ = client.event(events.CONNECTION_SUCCESS, timeout=15)
@@ -308,7 +281,7 @@ def test_client_reconnects_after_a_restart_and_gets_what_it_missed(
     topic = unique("restart")
     ensure_topic(kafka.bootstrap, topic)
     settings = backend_settings(tmp_path, kafka.bootstrap, topics=(topic,), consumer_count=2)
-    running = serve(settings)
+    running = serve_backend(settings)
     client = Probe(running.gateway, {"io": SEED_OPTIONS, "trackLastSeq": True})
     try:
         start, _ = client.event(events.CONNECTION_SUCCESS, timeout=15)
@@ -323,7 +296,7 @@ def test_client_reconnects_after_a_restart_and_gets_what_it_missed(
         sent = [producer.send(topic, value=b'{"offline": true}') for _ in range(3)]
         places = {(meta.partition, str(meta.offset)) for meta in (future.get(timeout=15) for future in sent)}
         producer.close()
-        running = serve(settings)
+        running = serve_backend(settings)
 
         _, reconnected = client.wait(lambda r: r["type"] == "connect", 30, "the reconnect", down)
         assert reconnected["lastSeq"] == last_seen
@@ -356,7 +329,9 @@ def test_client_reconnects_after_a_restart_and_gets_what_it_missed(
 
 
 @pytest.fixture(scope="module")
-def secured(kafka: Any, tmp_path_factory: pytest.TempPathFactory, probe_ready: None) -> Iterator[Served]:
+def secured(
+    kafka: Any, tmp_path_factory: pytest.TempPathFactory, probe_ready: None
+) -> Iterator[ServedBackend]:
     settings = backend_settings(
         tmp_path_factory.mktemp("sio-secured"),
         kafka.bootstrap,
@@ -364,13 +339,13 @@ def secured(kafka: Any, tmp_path_factory: pytest.TempPathFactory, probe_ready: N
         consumer_count=0,
         auth_token=TOKEN,
     )
-    running = serve(settings)
+    running = serve_backend(settings)
     yield running
     running.backend.stop()
 
 
 @pytest.mark.parametrize("transports", [["websocket"], ["polling"]])
-def test_missing_or_wrong_token_is_a_connect_error(secured: Served, transports: list[str]) -> None:
+def test_missing_or_wrong_token_is_a_connect_error(secured: ServedBackend, transports: list[str]) -> None:
     options = {**SEED_OPTIONS, "transports": transports}
     for token in (None, "wrong"):
         config: dict[str, Any] = {"io": options} if token is None else {"io": options, "token": token}
@@ -384,7 +359,7 @@ def test_missing_or_wrong_token_is_a_connect_error(secured: Served, transports: 
 
 
 def test_disallowed_origin_is_refused_on_the_websocket_handshake(
-    served: Served, caplog: pytest.LogCaptureFixture
+    served: ServedBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="backend.gateway")
     options = {**SEED_OPTIONS, "transports": ["websocket"], "reconnection": False}
@@ -399,7 +374,9 @@ def test_disallowed_origin_is_refused_on_the_websocket_handshake(
 # --- the example Vue page in headless Chromium ----------------------------------------------------
 
 
-def test_vue_example_shows_connected_and_counters_that_follow_produced_messages(served: Served) -> None:
+def test_vue_example_shows_connected_and_counters_that_follow_produced_messages(
+    served: ServedBackend,
+) -> None:
     npm_install(VUE_DIR, "vue")
     with static_server(VUE_DIR) as port, chromium() as browser:
         page = browser.new_page()
@@ -428,9 +405,9 @@ def test_vue_example_shows_connected_and_counters_that_follow_produced_messages(
 
 
 def test_vue_example_from_a_disallowed_origin_is_refused_everywhere(
-    served: Served, caplog: pytest.LogCaptureFixture
+    served: ServedBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Served from http://evil.example (mapped to 127.0.0.1 inside Chromium): the browser sends that
+    """ServedBackend from http://evil.example (mapped to 127.0.0.1 inside Chromium): the browser sends that
     Origin; Socket.IO (websocket and polling) and REST refuse it, so the page never connects."""
     npm_install(VUE_DIR, "vue")
     caplog.set_level(logging.INFO, logger="backend.gateway")
