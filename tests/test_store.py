@@ -6,6 +6,7 @@ from pathlib import Path
 
 from backend.events import FAILED, PROCESSED, make_log_id
 from backend.store import LogRow, Store
+from tests.support import wait_for
 
 
 def row(offset: int, status: str = PROCESSED, topic: str = "orders", payload: object = None) -> LogRow:
@@ -88,7 +89,8 @@ def test_commits_never_checkpoint_and_close_folds_the_wal_back(tmp_path: Path) -
     # The writer leaves checkpoints (and their fsync) to the store's own thread.
     assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     store.save([row(offset) for offset in range(3000)])
-    assert store._checkpointer.is_alive()
+    # Over CHECKPOINT_ROWS rows: the store's own thread copies the WAL into the database.
+    wait_for(lambda: store.checkpoints >= 1, 30, "a checkpoint after 3,000 rows")
     store.close()
     assert not store._checkpointer.is_alive()
     assert not (tmp_path / "dashboard.sqlite3-wal").exists()
