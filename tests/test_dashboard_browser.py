@@ -159,6 +159,10 @@ def dashboard(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             lambda: _ok(f"{served.gateway}/api/health") or process.poll() is not None, 120, "the backend"
         )
         assert process.poll() is None, served.log()
+        # Until the group has settled: a record produced during a rebalance waits for its end,
+        # which on a busy machine took longer than a test's wait for a row (seen once in CI).
+        wanted = 3 * len(topics)
+        wait_for(lambda: _settled(served.gateway, wanted), 60, f"{wanted} partitions spread out")
         wait_for(lambda: _ok(f"{served.url}/_stcore/health"), 60, "the Streamlit server")
         yield served
     finally:
@@ -171,6 +175,16 @@ def dashboard(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         if served.latency:
             ARTIFACTS.mkdir(exist_ok=True)
             (ARTIFACTS / "latency.json").write_text(json.dumps(served.latency, indent=2))
+
+
+def _settled(gateway: str, partitions: int) -> bool:
+    """Every active consumer holds partitions, and together they hold all of them."""
+    try:
+        consumers = httpx.get(f"{gateway}/api/consumers", timeout=2).json()
+    except httpx.HTTPError:
+        return False
+    held = [len(consumer["partitions"]) for consumer in consumers if consumer["status"] == "ACTIVE"]
+    return bool(held) and all(held) and sum(held) == partitions
 
 
 def _ok(url: str) -> bool:
