@@ -100,16 +100,10 @@ class FastSendWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join([text_frame(text.encode()) for text in texts]))
 
     async def send(self, message: dict) -> None:  # type: ignore[override]  # ASGISendEvent
-        text = message.get("text") if message["type"] == "websocket.send" else None
-        if text is None or not self._open_for_data():
+        if message["type"] == "websocket.send" and message.get("text") is not None:
+            await self.send_texts((message["text"],))
+        else:
             await super().send(message)  # type: ignore[arg-type]
-            return
-        if not self.writable.is_set():  # the transport's buffer is full: wait, as uvicorn does
-            await self.writable.wait()
-            if not self._open_for_data():
-                await super().send(message)  # type: ignore[arg-type]  # raises as uvicorn would
-                return
-        self.transport.write(text_frame(text.encode()))
 
     def _open_for_data(self) -> bool:
         if self.disconnected:
