@@ -5,6 +5,10 @@
 //    bus sequence number they reflect, and
 //  * the gateway's /ws, subscribed here with ?lastSeq=<that number>, so the gateway replays
 //    what happened since the snapshot and then streams each event as it happens.
+// The counters and the tail share one /ws, and either may join it after it opened (Streamlit
+// mounts them one after the other, and remounts one alone): the stream keeps its recent frames and
+// hands a joining view those after the view's snapshot, or reconnects from that snapshot's number
+// when it no longer has them. A view that missed a record's message-received would never show it.
 // When the browser cannot reach the gateway, the snapshots alone keep the view current.
 //
 // Payload values are user data: they are only ever written with textContent.
@@ -13,6 +17,7 @@ const HUB = (window.__kafkaDashboardHub ||= { streams: new Map() });
 const MIN_RENDER_GAP_MS = 30;
 const RATE_WINDOW_MS = 10000;
 const LATENCY_KEEP = 2000;
+const RECENT_KEEP = 5000; // frames a stream keeps for views that join it late
 const EVENTS = new Set([
   "message-received", "processing-started", "processing-completed", "processing-failed",
   "stats-updated", "consumer-status-changed",
@@ -40,12 +45,47 @@ class Stream {
     this.timer = null;
     this.seq = null;
     this.openedAt = null;
+    this.recent = []; // the newest frames, oldest first
+    this.complete = Infinity; // the stream has every frame after this sequence number
   }
 
   add(view) {
     this.views.add(view);
     view.setMode(this.state, this.openedAt);
     if (!this.ws && !this.timer) this.connect();
+    else this.catchUp(view);
+  }
+
+  catchUp(view) {
+    // Everything this stream received after the view's snapshot, or a reconnect that replays it.
+    if (view.seq === null || (this.seq !== null && view.seq >= this.seq)) return;
+    if (!this.ws) {
+      this.seq = null; // a retry is pending: it will start from the oldest snapshot among the views
+      return;
+    }
+    if (view.seq < this.complete) {
+      this.reconnect();
+      return;
+    }
+    for (const frame of this.recent) if (frame.seq > view.seq) view.onFrame(frame);
+  }
+
+  reconnect() {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close();
+    clearTimeout(this.timer);
+    this.seq = null; // connect() starts from the oldest snapshot among the views
+    this.connect();
+  }
+
+  keep(frame) {
+    if (typeof frame.seq !== "number" || (this.recent.length && frame.seq <= this.recent.at(-1).seq)) return;
+    this.recent.push(frame);
+    if (this.recent.length > RECENT_KEEP) {
+      const dropped = this.recent.splice(0, RECENT_KEEP / 2);
+      this.complete = Math.max(this.complete, dropped.at(-1).seq);
+    }
   }
 
   remove(view) {
@@ -59,6 +99,8 @@ class Stream {
     const seqs = [...this.views].map((v) => v.seq).filter((s) => s !== null);
     const last = this.seq ?? (seqs.length ? Math.min(...seqs) : null);
     if (last !== null) query.set("lastSeq", String(last));
+    this.recent = [];
+    this.complete = last ?? Infinity;
     if (this.token) query.set("token", this.token);
     const text = query.toString();
     let ws;
@@ -84,6 +126,7 @@ class Stream {
       }
       if (frame.event === "resync-required") this.seq = null;
       if (typeof frame.seq === "number") this.seq = frame.seq;
+      this.keep(frame);
       for (const view of this.views) view.onFrame(frame);
     };
     ws.onclose = () => {
@@ -166,6 +209,8 @@ class LiveView {
     this.values = {};
     for (const el of root.querySelectorAll("[data-k]")) this.values[el.dataset.k] = el;
     this.tbody = root.querySelector("tbody");
+    // Streamlit may remount the component into the same element: rows of the previous view are not ours.
+    if (this.tbody) this.tbody.replaceChildren();
     this.empty = root.querySelector(".kd-empty");
     this.modeText = root.querySelector(".kd-mode");
     this.latencyText = root.querySelector(".kd-latency");
