@@ -26,6 +26,7 @@ TAIL_MAX = 200
 WINDOW_S = 600
 RATE_WINDOW_S = 10
 MAX_EVENTS_PER_SYNC = 20_000
+IN_FLIGHT_LOOKBACK = 5_000  # events before the cursor searched for records still being processed
 
 
 def _now_ms() -> int:
@@ -95,13 +96,34 @@ class LiveFeed:
                     "error": row.error,
                     "time": row.received_ms,
                 }
+        self._add_in_flight()
         if source.store is not None:
             since = self.seeded_ms - WINDOW_S * 1000
             for item in analytics.throughput(source.store, since, 1000):
                 counts = self.per_second.setdefault(item["bucket"] // 1000, [0, 0])
                 counts[0 if item["status"] == events.PROCESSED else 1] += item["count"]
 
-    def apply(self, name: str, data: dict[str, Any]) -> None:
+    def _add_in_flight(self) -> None:
+        """Rows for records received before the cursor whose outcome is not stored yet.
+
+        The store holds a record once its outcome is; one still being processed exists only as
+        events on the bus. Without this, its later outcome event would find no row to update and
+        the record would never show in this session's tail.
+        """
+        backlog = self.bus.since(max(self.bus.oldest_seq - 1, self.cursor - IN_FLIGHT_LOOKBACK))
+        received: dict[str, dict[str, Any]] = {}
+        for event in backlog or ():
+            if event.seq > self.cursor:
+                break
+            log_id = event.data.get("logId")
+            if event.name == events.MESSAGE_RECEIVED and log_id not in self.rows:
+                received[log_id] = event.data
+            elif event.name in (events.PROCESSING_COMPLETED, events.PROCESSING_FAILED):
+                received.pop(log_id, None)
+        for data in received.values():
+            self.apply(events.MESSAGE_RECEIVED, data, count=False)
+
+    def apply(self, name: str, data: dict[str, Any], count: bool = True) -> None:
         """Fold one event into the view (the seed document's frontend rules)."""
         log_id = data.get("logId")
         if name == events.MESSAGE_RECEIVED and log_id:
@@ -119,7 +141,8 @@ class LiveFeed:
                     "error": None,
                     "time": events.ms_from_iso(data.get("timestamp")),
                 }
-                self.stats["totalMessages"] = int(self.stats.get("totalMessages", 0)) + 1
+                if count:
+                    self.stats["totalMessages"] = int(self.stats.get("totalMessages", 0)) + 1
         elif name in (events.PROCESSING_STARTED, events.PROCESSING_COMPLETED, events.PROCESSING_FAILED):
             row = self.rows.get(log_id or "")
             if row is not None and row["status"] not in (events.PROCESSED, events.FAILED):

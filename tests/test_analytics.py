@@ -95,6 +95,26 @@ def test_a_feed_that_fell_behind_reloads_from_the_store(backend: Backend) -> Non
     assert feed.resyncs == 1 and newest <= feed.cursor <= backend.bus.last_seq
 
 
+def test_a_feed_started_mid_processing_shows_the_records_in_flight(backend: Backend) -> None:
+    """The store holds a record once its outcome is stored; one still being processed exists only
+    on the bus. A feed that starts then must still get a row for it, or its outcome finds none."""
+    at = events.now_ms()
+    for log_id in ("flight-done", "flight-open"):
+        backend.bus.publish(
+            events.MESSAGE_RECEIVED, events.message_received(log_id, "flight", 0, 1, SINGLE_MESSAGE, 1, at)
+        )
+    backend.bus.publish(events.PROCESSING_COMPLETED, events.processing_completed("flight-done", "c-1", at))
+    feed = LiveFeed()
+    source = LocalSource(backend)
+    feed.sync(source)
+    assert "flight-done" not in feed.rows  # finished: the store has it (or, here, had it)
+    assert feed.rows["flight-open"]["status"] == events.RECEIVED
+    assert feed.stats["totalMessages"] == backend.statistics()["totalMessages"]  # the store counts it later
+    backend.bus.publish(events.PROCESSING_COMPLETED, events.processing_completed("flight-open", "c-1", at))
+    feed.sync(source)
+    assert feed.tail(1)[0]["logId"] == "flight-open" and feed.tail(1)[0]["status"] == PROCESSED
+
+
 def test_retry_sends_the_decoded_payload_again() -> None:
     rows = stored_rows(int(time.time() * 1000))
     json_row = next(
