@@ -13,7 +13,7 @@ import sys
 import threading
 
 from backend.config import ConfigError, Settings
-from backend.service import Backend
+from backend.service import Backend, keep_startup_objects_out_of_gc
 
 
 def main() -> int:
@@ -35,6 +35,7 @@ def main() -> int:
     except Exception as exc:  # e.g. the embedded broker would not start
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    keep_startup_objects_out_of_gc()
     settings = backend.settings
     print(
         f"Backend ready: gateway http://{settings.gateway_host}:{settings.gateway_port} "

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from backend.config import ConfigError, Settings
-from backend.service import Backend
+from backend.service import Backend, keep_startup_objects_out_of_gc
 from dashboard.source import LocalSource, RemoteSource
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def start(settings: Settings | None = None) -> Source:
                 _source = RemoteSource(settings).start()
             else:
                 _source = LocalSource(Backend(settings).start())
+                keep_startup_objects_out_of_gc()
         except ConfigError as exc:
             _error = str(exc)
         except Exception as exc:  # e.g. the embedded broker would not start
