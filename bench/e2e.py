@@ -23,6 +23,10 @@ from typing import Any
 from bench.common import BackendProcess, Http, NodeProcess, epoch_ms, iso_to_ms, percentile, rounded, say
 
 SENDERS = 4  # concurrent POSTs at most; each with its own keep-alive connection
+# Traffic at the measured rate before measuring. Right after a start the first seconds are slower
+# (a fresh backend and broker: p99 ~40 ms over the first 2 s, then under 20), and the bar is for the
+# steady state; their latency is still reported, as ``<label>_warmup_p99_ms``.
+STEADY_AFTER_S = 3.0
 WATCHED = ["message-received", "processing-completed", "processing-failed"]
 
 
@@ -117,13 +121,14 @@ def run(backend: BackendProcess, rate: float, seconds: float, label: str) -> dic
         probe.expect("connect", timeout=20)
         correlator = Correlator(probe)
         warm = warm_up(producer, backend.topic, correlator)
-        say(f"e2e {label}: warmed up with {warm} record(s); {rate:g}/s for {seconds:g}s")
-        total = int(rate * seconds)
-        sent, achieved = post_on_schedule(backend, total, rate)
+        say(f"e2e {label}: first record back after {warm}; {rate:g}/s for {STEADY_AFTER_S:g}s unmeasured")
+        early, _ = post_on_schedule(backend, int(rate * STEADY_AFTER_S), rate)
+        say(f"e2e {label}: measuring {rate:g}/s for {seconds:g}s")
+        sent, achieved = post_on_schedule(backend, int(rate * seconds), rate)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             correlator.drain()
-            if all(correlator.outcome(p, o) for _, _, p, o in sent):
+            if all(correlator.outcome(p, o) for _, _, p, o in early + sent):
                 break
             time.sleep(0.1)
         correlator.drain()
@@ -131,6 +136,7 @@ def run(backend: BackendProcess, rate: float, seconds: float, label: str) -> dic
         producer.close()
         probe.close()
 
+    early_latencies = [done["at"] - at for at, _, p, o in early if (done := correlator.outcome(p, o))]
     latencies, posts, to_received, processing, delivery = [], [], [], [], []
     missing = 0
     for at, took, partition, offset in sent:
@@ -153,6 +159,8 @@ def run(backend: BackendProcess, rate: float, seconds: float, label: str) -> dic
         f"{label}_records": len(sent),
         f"{label}_missing": missing,
         f"{label}_rate": round(achieved, 1),
+        f"{label}_warmup_s": STEADY_AFTER_S,
+        f"{label}_warmup_p99_ms": rounded(percentile(early_latencies, 0.99)),
         f"{label}_breakdown_p50_ms": {
             "post": rounded(percentile(posts, 0.5)),
             "to_received": rounded(percentile(to_received, 0.5)),
