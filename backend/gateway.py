@@ -70,7 +70,7 @@ SEND_BATCH_MAX = 500
 #: Events offered to all clients before the fan-out yields to their senders.
 FANOUT_CHUNK = 128
 #: The longest the fan-out waits for more events before writing (see Fanout._run).
-FANOUT_LINGER_MAX_S = 0.025
+FANOUT_LINGER_MAX_S = 0.010
 #: Largest message a Socket.IO client may send us (clients only send the connect packet).
 MAX_INBOUND_BYTES = 64 * 1024
 #: How long a slow /ws client gets to accept the close frame before its socket is just dropped.
