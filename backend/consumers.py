@@ -24,6 +24,7 @@ from kafka.structs import OffsetAndMetadata
 from backend import events, processing
 from backend.bus import EventBus
 from backend.config import Settings
+from backend.log_end import LogEndOffsets, partition_name
 from backend.store import LogRow, Store
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class _Listener(ConsumerRebalanceListener):
 
 
 def _names(partitions: set[TopicPartition] | frozenset[TopicPartition]) -> list[str]:
-    return sorted((f"{tp.topic}-{tp.partition}" for tp in partitions), key=_partition_sort_key)
+    return sorted((partition_name(tp) for tp in partitions), key=_partition_sort_key)
 
 
 class ConsumerWorker(threading.Thread):
@@ -154,7 +155,7 @@ class ConsumerWorker(threading.Thread):
 
     def set_partitions(self, assigned: set[TopicPartition] | frozenset[TopicPartition]) -> None:
         with self._lock:
-            self.snapshot.partitions = {f"{tp.topic}-{tp.partition}": PartitionState() for tp in assigned}
+            self.snapshot.partitions = {partition_name(tp): PartitionState() for tp in assigned}
 
     def view(self) -> ConsumerSnapshot:
         with self._lock:
@@ -296,7 +297,7 @@ class ConsumerWorker(threading.Thread):
         subscription = consumer._subscription  # noqa: SLF001 - position() would block on the network
         with self._lock:
             for tp in consumer.assignment():
-                state = self.snapshot.partitions.setdefault(f"{tp.topic}-{tp.partition}", PartitionState())
+                state = self.snapshot.partitions.setdefault(partition_name(tp), PartitionState())
                 state.highwater = consumer.highwater(tp)
                 tp_state = subscription.assignment.get(tp)
                 if tp_state is not None and tp_state.position is not None:
@@ -326,12 +327,14 @@ class ConsumerPool:
         self._lock = threading.Lock()
         self.assign_mode = settings.embedded
         self.assigner = PartitionAssigner(self) if self.assign_mode else None
+        self.log_ends = LogEndOffsets(bootstrap, settings, self._held_partitions)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self, count: int) -> None:
         if self.assigner:
             self.assigner.start()
+        self.log_ends.start()
         for _ in range(count):
             self.spawn()
 
@@ -378,6 +381,7 @@ class ConsumerPool:
     def stop_all(self, wait: float = 15.0) -> None:
         if self.assigner:
             self.assigner.stop()
+        self.log_ends.stop()
         with self._lock:
             workers = [worker for worker in self._workers.values() if worker.is_alive()]
         for worker in workers:
@@ -400,9 +404,19 @@ class ConsumerPool:
         return sorted(workers, key=lambda w: int(w.consumer_id.rpartition("-")[2]))
 
     def snapshots(self) -> list[ConsumerSnapshot]:
+        """Every consumer, its lag measured against the newest log-end offset known."""
         with self._lock:
             workers = sorted(self._workers.values(), key=lambda w: int(w.consumer_id.rpartition("-")[2]))
-        return [worker.view() for worker in workers]
+        views = [worker.view() for worker in workers]
+        for view in views:
+            for name, state in view.partitions.items():
+                end = self.log_ends.end(name)
+                if end is not None and state.position is not None:
+                    state.highwater = max(state.highwater or 0, end)
+        return views
+
+    def _held_partitions(self) -> list[str]:
+        return [name for worker in self.running() for name in worker.view().partitions]
 
     def all_polled(self) -> bool:
         """Every running consumer has completed a poll against the broker."""

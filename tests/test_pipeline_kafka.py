@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaProducer
 
@@ -18,6 +19,7 @@ from tests.support import (
     foreign_producer,
     start_backend,
     unique,
+    wait_for,
 )
 
 TERMINAL = (events.PROCESSING_COMPLETED, events.PROCESSING_FAILED)
@@ -175,4 +177,54 @@ def test_a_topic_created_after_start_is_consumed_within_5_s(kafka, tmp_path: Pat
             lambda _: recorder.outcomes_for(recorder.log_ids_of(topic)), 5, "the new topic's record"
         )
     finally:
+        backend.stop()
+
+
+HOLD = threading.Event()
+
+
+def holding_processor(record: Any) -> None:
+    """PROCESSOR of the lag test: a record marked "hold" waits until the test lets it go."""
+    if isinstance(record.payload, dict) and record.payload.get("hold"):
+        HOLD.wait(60)
+
+
+def test_lag_counts_the_records_behind_a_busy_consumer(kafka, tmp_path: Path) -> None:
+    """The consumer is held inside its first record while 200 more arrive behind it. Its own high
+    watermark comes from the last fetch response it parsed (before they arrived), so a lag from it
+    alone said 0; with the log-end offsets asked of the broker it is all 201 (the held one too)."""
+    topic = unique("lag")
+    create_topic(kafka.bootstrap, topic, partitions=1)
+    HOLD.clear()
+    settings = backend_settings(
+        tmp_path,
+        kafka.bootstrap,
+        topics=(topic,),
+        consumer_count=1,
+        processor="tests.test_pipeline_kafka:holding_processor",
+    )
+    backend = start_backend(settings)
+    recorder = EventRecorder()
+    backend.bus.subscribe(recorder)
+
+    def lag() -> int | None:
+        [consumer] = [s.to_api() for s in backend.pool.snapshots() if s.status == events.ACTIVE]
+        return consumer["lag"].get(f"{topic}-0")
+
+    try:
+        wait_for(lambda: lag() == 0, 60, "the consumer to hold the partition and know its position")
+        producer = foreign_producer(kafka.bootstrap)
+        producer.send(topic, b'{"hold": true}').get(15)
+        recorder.wait(
+            lambda seen: any(e.name == events.PROCESSING_STARTED for e in seen), 60, "the held record"
+        )
+        for number in range(200):
+            producer.send(topic, json.dumps({"n": number}).encode())
+        producer.flush()
+        wait_for(lambda: lag() == 201, 30, "a lag of 201 while the consumer is held")
+        HOLD.set()
+        wait_for(lambda: backend.store.counts().processed == 201, 60, "every record processed")
+        wait_for(lambda: lag() == 0, 30, "no lag once everything is read")
+    finally:
+        HOLD.set()
         backend.stop()
