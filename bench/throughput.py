@@ -34,7 +34,7 @@ from backend import events
 from backend.config import Settings
 from backend.consumers import MAX_POLL_RECORDS, POLL_TIMEOUT_MS, consumer_options
 from backend.events import Event
-from backend.service import Backend
+from backend.service import Backend, keep_startup_objects_out_of_gc
 from bench.common import Http, free_port, iso_to_ms, say
 from bench.profiling import PySpy
 
@@ -198,6 +198,7 @@ def pipeline(
         for event in backlog or ():
             counter(event)
         wait_http(settings.gateway_port, timeout=30)
+        keep_startup_objects_out_of_gc()  # as python -m backend does once it serves
         for _ in range(consumers):
             backend.start_consumer()
         if not counter.done.wait(timeout):
@@ -225,6 +226,7 @@ def run(
     say(f"throughput: pre-filling {topic} with {count} records")
     fill_s = prefill(bootstrap, topic, count, partitions=consumers)
     say(f"throughput: pre-filled in {fill_s:.1f}s; raw kafka-python, {consumers} consumers")
+    keep_startup_objects_out_of_gc()  # both sides with what is alive now frozen, as in the backend
     raw = raw_consume(bootstrap, topic, count, consumers, timeout)
     say(f"throughput: raw {raw.rate:,.0f} msgs/s; now the pipeline")
     for module in ("backend.gateway", "backend.producer_api", "uvicorn"):
