@@ -39,7 +39,7 @@ def parse_partition_name(name: str) -> TopicPartition:
 
 
 class LogEndOffsets(threading.Thread):
-    """Keeps ``ends``: partition name -> log-end offset, refreshed every INTERVAL_S."""
+    """The log-end offset of each held partition (``end(name)``), refreshed every INTERVAL_S."""
 
     def __init__(self, bootstrap: str, settings: Settings, held: Callable[[], Iterable[str]]) -> None:
         super().__init__(name="log-end-offsets", daemon=True)
@@ -61,7 +61,7 @@ class LogEndOffsets(threading.Thread):
         client: KafkaConsumer | None = None
         try:
             while not self._stopping.wait(INTERVAL_S):
-                names = sorted(set(self.held()))
+                names = set(self.held())
                 if not names:
                     continue
                 try:
