@@ -103,6 +103,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("fanout_deliveries_per_s", "deliveries/s, all clients", "ev/s"),
     ("fanout_p50_ms", "event latency p50", "ms"),
     ("fanout_p99_ms", "event latency p99", "ms"),
+    ("fanout_warmup_p99_ms", "event latency p99, first 3 s (warm-up, not the bar)", "ms"),
     ("fanout_lost", "lost client deliveries", ""),
     ("fanout_seq_gaps", "  of which seq gaps", ""),
     ("fanout_undelivered_after_drain", "  of which undelivered after the drain", ""),

@@ -12,6 +12,7 @@
 //
 // stdout, one JSON line each: {"type": "ready", "connected", "failed", "seconds"} once all are open;
 // answers to commands. stdin commands, one JSON line each:
+//   {"cmd": "warmup"}  latencies from now on go to the warm-up histogram (reported apart)
 //   {"cmd": "start"}   reset counters and the latency histogram: the measured window begins
 //   {"cmd": "stop"}    freeze the per-client event counts: the window ends (latency keeps counting
 //                      events still in flight)
@@ -34,6 +35,8 @@ let closing = false;
 let windowStart = 0;
 let windowEnd = 0;
 const hist = new Uint32Array(HIST_MAX + 1);
+const warmupHist = new Uint32Array(HIST_MAX + 1);
+let target = hist; // where latencies go: the warm-up's histogram, then the measured window's
 const clients = [];
 
 function newClient(kind) {
@@ -59,7 +62,7 @@ function onEvent(client, data, seq, at) {
   if (!measuring) return;
   client.count += 1;
   const created = data && typeof data.timestamp === "string" ? Date.parse(data.timestamp) : NaN;
-  if (!Number.isNaN(created)) hist[Math.min(Math.max(Math.round(at - created), 0), HIST_MAX)] += 1;
+  if (!Number.isNaN(created)) target[Math.min(Math.max(Math.round(at - created), 0), HIST_MAX)] += 1;
 }
 
 function openSocketIO(client) {
@@ -161,16 +164,21 @@ async function openAll() {
   out({ type: "ready", connected, failed, seconds: (now() - started) / 1000 });
 }
 
-function report() {
-  const sparse = {};
-  hist.forEach((count, ms) => {
-    if (count) sparse[ms] = count;
+function sparse(histogram) {
+  const counts = {};
+  histogram.forEach((count, ms) => {
+    if (count) counts[ms] = count;
   });
+  return counts;
+}
+
+function report() {
   const seconds = ((windowEnd || now()) - windowStart) / 1000;
   out({
     type: "report",
     seconds,
-    histogram: sparse,
+    histogram: sparse(hist),
+    warmupHistogram: sparse(warmupHist),
     clients: clients.map((c) => ({
       kind: c.kind,
       last: c.last,
@@ -187,8 +195,13 @@ const commands = createInterface({ input: process.stdin });
 commands.on("line", (line) => {
   if (!line.trim()) return;
   const { cmd } = JSON.parse(line);
-  if (cmd === "start") {
+  if (cmd === "warmup") {
+    warmupHist.fill(0);
+    target = warmupHist;
+    measuring = true;
+  } else if (cmd === "start") {
     hist.fill(0);
+    target = hist;
     for (const c of clients) {
       c.count = 0;
       c.frozen = null;
