@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Annotated, Any, Literal, NoReturn
@@ -71,6 +71,9 @@ SEND_BATCH_MAX = 500
 FANOUT_CHUNK = 128
 #: The longest the fan-out waits for more events before writing (see Fanout._run).
 FANOUT_LINGER_MAX_S = 0.010
+#: While it lingers, the fan-out writes as soon as no new event came for this long: a record's
+#: bursts come within ~1-2 ms of each other, so waiting out the whole linger only adds latency.
+FANOUT_QUIET_S = 0.002
 #: Largest message a Socket.IO client may send us (clients only send the connect packet).
 MAX_INBOUND_BYTES = 64 * 1024
 #: How long a slow /ws client gets to accept the close frame before its socket is just dropped.
@@ -344,6 +347,30 @@ class Outgoing:
         return self._sio_frame
 
 
+class Batch(list[Outgoing]):
+    """Events written to clients together; their frames are joined once, for every client that
+    takes the whole batch (all but those catching up). Not changed once handed out."""
+
+    __slots__ = ("_ws_frames", "_sio_frames")
+
+    def __init__(self, items: Iterable[Outgoing] = ()) -> None:
+        super().__init__(items)
+        self._ws_frames: bytes | None = None
+        self._sio_frames: bytes | None = None
+
+    @property
+    def ws_frames(self) -> bytes:
+        if self._ws_frames is None:
+            self._ws_frames = b"".join([item.ws_frame for item in self])
+        return self._ws_frames
+
+    @property
+    def sio_frames(self) -> bytes:
+        if self._sio_frames is None:
+            self._sio_frames = b"".join([item.sio_frame for item in self])
+        return self._sio_frames
+
+
 class ClientStream:
     """One client's view of the bus: where it is, its replay backlog, and a bounded queue.
 
@@ -367,14 +394,14 @@ class ClientStream:
         self._waiter: asyncio.Future[None] | None = None
         # Set by the client's sender while it waits with nothing queued: writes events straight
         # to the socket without waiting (False: it would have to wait, so they are queued).
-        self.write_now: Callable[[list[Outgoing]], bool] | None = None
+        self.write_now: Callable[[Batch], bool] | None = None
 
-    def offer(self, items: list[Outgoing]) -> None:
+    def offer(self, items: Batch) -> None:
         """Events in seq order: written at once when the client keeps up, else queued for its sender."""
         if self.overflowed or not items:
             return
         if items[0].seq <= self.position:
-            items = [item for item in items if item.seq > self.position]
+            items = Batch(item for item in items if item.seq > self.position)
             if not items:
                 return
         self.position = items[-1].seq
@@ -411,7 +438,7 @@ class ClientStream:
     async def pump(
         self,
         send: Callable[[list[Outgoing]], Awaitable[None]],
-        write_now: Callable[[list[Outgoing]], bool] | None,
+        write_now: Callable[[Batch], bool] | None,
     ) -> None:
         """Live, forever: the fan-out writes events itself while ``write_now`` can; the rest is sent here."""
         try:
@@ -433,11 +460,12 @@ class Fanout:
     burst larger than a client's queue does not cut off a client that keeps up.
 
     Before taking the inbox it lingers as long as the previous round of offers took (at most
-    FANOUT_LINGER_MAX_S). Each round costs a write per client, and a record's events come in
-    three or four bursts a few milliseconds apart (received+started, the outcome, the merged
-    stats): with one client a round takes microseconds and nothing waits; with 1,000 it takes
-    tens of milliseconds, and gathering the bursts into one write per client cut the writes, and
-    with them most of the fan-out's CPU, by about three (bench: fan-out phase).
+    FANOUT_LINGER_MAX_S), or until no event came for FANOUT_QUIET_S. Each round costs a write per
+    client, and a record's events come in three or four bursts a few milliseconds apart
+    (received+started, the outcome, the merged stats): with one client a round takes microseconds
+    and nothing waits; with 1,000 it takes tens of milliseconds, and gathering the bursts into one
+    write per client cut the writes, and with them most of the fan-out's CPU, by about three
+    (bench: fan-out phase).
     """
 
     def __init__(self) -> None:
@@ -483,12 +511,22 @@ class Fanout:
             await self._wakeup.wait()
             self._wakeup.clear()
             if self._linger > 0.001:
-                await asyncio.sleep(self._linger)
+                await self._gather(self._linger)
             while chunk := self._take_chunk():
                 started = time.perf_counter()
                 self._offer(chunk)
                 self._linger = min(FANOUT_LINGER_MAX_S, time.perf_counter() - started)
                 await asyncio.sleep(0)  # let the senders run
+
+    async def _gather(self, most: float) -> None:
+        """Wait up to ``most`` seconds for the rest of a burst: until no event came for FANOUT_QUIET_S."""
+        deadline = time.perf_counter() + most
+        waiting = len(self._inbox)  # a hint, read without the lock
+        while (left := deadline - time.perf_counter()) > 0:
+            await asyncio.sleep(min(FANOUT_QUIET_S, left))
+            if len(self._inbox) == waiting:
+                return
+            waiting = len(self._inbox)
 
     def _take_chunk(self) -> list[Event]:
         with self._lock:
@@ -500,7 +538,7 @@ class Fanout:
     def _offer(self, chunk: list[Event]) -> None:
         streams = tuple(self.streams)
         debug = log.isEnabledFor(logging.DEBUG)
-        items = []
+        items = Batch()
         for event in chunk:
             if event.seq <= self.dispatched:
                 continue
@@ -657,10 +695,10 @@ async def _send_engineio(eio_socket: Any, items: list[Outgoing]) -> None:
     await eio_socket.queue.join()
 
 
-def _write_engineio_now(eio_socket: Any, items: list[Outgoing]) -> bool:
+def _write_engineio_now(eio_socket: Any, items: Batch) -> bool:
     """Write ``items`` to a Socket.IO client on a WebSocket now, if nothing needs waiting for."""
     websocket = engineio_websocket.websocket_of(eio_socket)
-    return websocket is not None and websocket.write_now(b"".join([item.sio_frame for item in items]))
+    return websocket is not None and websocket.write_now(items.sio_frames)
 
 
 class Gateway:
@@ -899,8 +937,8 @@ class Gateway:
         async def send(items: list[Outgoing]) -> None:
             await send_texts([item.text for item in items])
 
-        def write_now(items: list[Outgoing]) -> bool:
-            return write_frames(b"".join([item.ws_frame for item in items]))
+        def write_now(items: Batch) -> bool:
+            return write_frames(items.ws_frames)
 
         await stream.pump(send, write_now if write_frames else None)
 
