@@ -63,7 +63,7 @@ def run(
         ready = [node.expect("ready", timeout=120) for node in nodes]
         connected = sum(r["connected"] for r in ready)
         ramp_s = max(r["seconds"] for r in ready)
-        say(f"fanout: {connected} connected in {ramp_s:.1f}s; {rate:g} records/s for {seconds:g}s")
+        say(f"fanout: {connected} connected in {ramp_s:.1f}s; {rate:g} rec/s, {WARMUP_S:g}s + {seconds:g}s")
         time.sleep(1.0)
         for node in nodes:
             node.send({"cmd": "warmup"})
