@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -24,7 +26,9 @@ class Recorder:
         return True
 
 
-async def _fanout_with_one_client(linger_s: float) -> tuple[EventBus, gateway.Fanout, Recorder]:
+@asynccontextmanager
+async def fanout_with_one_client(linger_s: float) -> AsyncIterator[tuple[EventBus, Recorder]]:
+    """A started fan-out with one client that keeps up, as if its last round had taken ``linger_s``."""
     bus = EventBus()
     fanout = gateway.Fanout()
     fanout.start(bus)
@@ -32,23 +36,23 @@ async def _fanout_with_one_client(linger_s: float) -> tuple[EventBus, gateway.Fa
     recorder = Recorder()
     stream.write_now = recorder
     fanout.attach(stream, last_seq=None)
-    fanout._linger = linger_s  # as if the last round had taken this long (1,000 clients)
-    return bus, fanout, recorder
+    fanout._linger = linger_s
+    try:
+        yield bus, recorder
+    finally:
+        fanout.stop()
 
 
 def test_a_lone_event_is_not_held_for_the_whole_linger(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gateway, "FANOUT_LINGER_MAX_S", 600.0)
 
     async def scenario() -> None:
-        bus, fanout, recorder = await _fanout_with_one_client(linger_s=600.0)
-        try:
+        async with fanout_with_one_client(linger_s=600.0) as (bus, recorder):
             event = bus.publish("x", {"i": 1})
             # Nothing else comes: the round starts once the bus was quiet for FANOUT_QUIET_S, not
             # after the 600-s linger.
             await asyncio.wait_for(recorder.written.wait(), timeout=30)
             assert recorder.writes == [[event.seq]]
-        finally:
-            fanout.stop()
 
     asyncio.run(scenario())
 
@@ -57,14 +61,11 @@ def test_a_burst_is_written_to_a_client_in_one_write(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(gateway, "FANOUT_LINGER_MAX_S", 600.0)
 
     async def scenario() -> None:
-        bus, fanout, recorder = await _fanout_with_one_client(linger_s=600.0)
-        try:
+        async with fanout_with_one_client(linger_s=600.0) as (bus, recorder):
             first = bus.publish("x", {"i": 1})
             await asyncio.sleep(0)  # the fan-out wakes and starts lingering
             burst = [bus.publish("x", {"i": i}) for i in range(2, 5)]
             await asyncio.wait_for(recorder.written.wait(), timeout=30)
             assert recorder.writes == [[first.seq, *(event.seq for event in burst)]]
-        finally:
-            fanout.stop()
 
     asyncio.run(scenario())
