@@ -380,8 +380,7 @@ class EmbeddedBroker(_BrokerProcess):
             url,
             "--advertised-listener-url",
             url,
-            "--cluster-id",
-            self.cluster_id,
+            f"--cluster-id={self.cluster_id}",
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -492,9 +491,12 @@ class ApacheKafka(_BrokerProcess):
         version: str = KAFKA_VERSION,
         heap: str = "512m",
         extra_config: dict[str, str] | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self.version = version
+        # Used only when the log dir is formatted (the first start); None draws a random one.
+        self._format_cluster_id = cluster_id
         self.heap = heap
         self.extra_config = dict(extra_config or {})
         self.controller_port: int | None = None
@@ -570,8 +572,14 @@ class ApacheKafka(_BrokerProcess):
 
     def _format(self) -> None:
         """Write the KRaft metadata (meta.properties, bootstrap checkpoint) into the log dir once."""
+        cluster_id = self._format_cluster_id or kafka_cluster_id()
+        # "--name=value" on purpose: an id may begin with "-", and as a separate argument
+        # StorageTool's parser would read it as an option ("expected one argument").
         cmd = self._java(
-            "kafka.tools.StorageTool", "format", "-t", _kafka_cluster_id(), "-c", str(self.config_path)
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            f"--config={self.config_path}",
         )
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         with open(self.log_path, "a") as out:
@@ -589,8 +597,15 @@ class ApacheKafka(_BrokerProcess):
         return self._java("kafka.Kafka", str(self.config_path))
 
 
-def _kafka_cluster_id() -> str:
-    """A random KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    One id in 64 would begin with "-"; like Apache Kafka's own ``Uuid.randomUuid()``, draw again
+    then, so the id is never mistaken for an option by whatever command line it lands on.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id

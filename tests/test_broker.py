@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from backend.broker import ApacheKafka, BrokerError, EmbeddedBroker, port_open
+from backend import broker as broker_module
+from backend.broker import ApacheKafka, BrokerError, EmbeddedBroker, kafka_cluster_id, port_open
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,6 +155,30 @@ def test_apache_kafka_stop_or_kill_then_start_keeps_port_data_and_cluster(
             kafka.start()
     assert kafka.cluster_id == cluster == cluster_id(bootstrap)
     assert {(r.partition, r.offset) for r in consume_all(bootstrap, topic, 10)} == set(places)
+
+
+def _id_beginning_with_dash() -> str:
+    """A valid KRaft cluster id (16 bytes, URL-safe base64) whose first character is "-"."""
+    raw = bytes([0xF8]) + uuid.uuid4().bytes[1:]  # the first 6 bits are 62: "-" in URL-safe base64
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_cluster_ids_never_begin_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = iter([uuid.UUID(bytes=bytes([0xF8]) + bytes(15)), uuid.UUID(bytes=bytes(16))])
+    monkeypatch.setattr(broker_module.uuid, "uuid4", lambda: next(draws))
+    assert kafka_cluster_id() == base64.urlsafe_b64encode(bytes(16)).decode().rstrip("=")
+
+
+def test_apache_kafka_formats_with_a_cluster_id_that_begins_with_a_dash(tmp_path: Path) -> None:
+    """The launcher failed one start in 64: ``-t -abc...`` was read as an option by StorageTool."""
+    wanted = _id_beginning_with_dash()
+    assert wanted.startswith("-")
+    broker = ApacheKafka(tmp_path, cluster_id=wanted)
+    broker.start()
+    try:
+        assert broker.cluster_id == wanted == cluster_id(broker.bootstrap)
+    finally:
+        broker.stop()
 
 
 def test_port_in_use_fails_with_one_clear_line(tmp_path: Path) -> None:
