@@ -20,10 +20,11 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from backend import events
+from backend import events, processing
 from backend.bus import EventBus
 from backend.config import ConfigError, Settings, is_valid_topic
 from backend.consumers import ConsumerPool
+from backend.pipeline import Pipeline
 from backend.store import Store
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,15 @@ class Backend:
         self.probe = BrokerProbe(self.bootstrap)
         self.probe.start()
         self.stats.start()
-        self.pool = ConsumerPool(
-            self.settings, self.bootstrap, self.cluster_id, self.store, self.bus, self.stats.poke
+        pipeline = Pipeline(
+            cluster_id=self.cluster_id,
+            sink=self.store,
+            publish=self.bus.publish_many,
+            processor=processing.load_processor(self.settings.processor),
+            max_message_bytes=self.settings.max_message_bytes,
+            counts_changed=self.stats.poke,
         )
+        self.pool = ConsumerPool(self.settings, self.bootstrap, pipeline, self.bus.publish, self.stats.poke)
         self.pool.start(self.settings.consumer_count)
         if sockets:
             self._http = HttpServers(self, sockets)
