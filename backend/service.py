@@ -25,11 +25,11 @@ from backend.bus import EventBus
 from backend.config import ConfigError, Settings, is_valid_topic
 from backend.consumers import ConsumerPool
 from backend.pipeline import Pipeline
+from backend.stats import StatsPublisher, statistics
 from backend.store import Store
 
 log = logging.getLogger(__name__)
 
-STATS_MIN_INTERVAL_S = 0.02
 BROKER_PROBE_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 HTTP_START_WAIT_S = 30.0  # start() waits this long at most for the HTTP servers to listen
@@ -61,33 +61,6 @@ class Produced:
     topic: str
     partition: int
     offset: int
-
-
-class StatsPublisher(threading.Thread):
-    """Publishes stats-updated after outcomes, merging bursts, never later than ~20 ms."""
-
-    def __init__(self, backend: Backend) -> None:
-        super().__init__(name="stats-publisher", daemon=True)
-        self.backend = backend
-        self._dirty = threading.Event()
-        self._stopping = threading.Event()
-
-    def poke(self) -> None:
-        self._dirty.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._dirty.set()
-
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            self._dirty.wait()
-            if self._stopping.is_set():
-                return
-            self._dirty.clear()
-            self.backend.bus.publish(events.STATS_UPDATED, self.backend.statistics())
-            log.debug("Broadcasted stats update")
-            self._stopping.wait(STATS_MIN_INTERVAL_S)
 
 
 class BrokerProbe(threading.Thread):
@@ -149,7 +122,7 @@ class Backend:
         self.store: Store | None = None
         self.bus = EventBus()
         self.pool: ConsumerPool | None = None
-        self.stats = StatsPublisher(self)
+        self.stats: StatsPublisher | None = None
         self.probe: BrokerProbe | None = None
         self.started_at = events.now_iso()
         self._producer: KafkaProducer | None = None
@@ -170,6 +143,7 @@ class Backend:
         self._start_broker()
         self.probe = BrokerProbe(self.bootstrap)
         self.probe.start()
+        self.stats = StatsPublisher(self.store.counts, self._active_consumers, self.bus.publish)
         self.stats.start()
         pipeline = Pipeline(
             cluster_id=self.cluster_id,
@@ -177,9 +151,11 @@ class Backend:
             publish=self.bus.publish_many,
             processor=processing.load_processor(self.settings.processor),
             max_message_bytes=self.settings.max_message_bytes,
-            counts_changed=self.stats.poke,
+            counts_changed=self.stats.counts_changed,
         )
-        self.pool = ConsumerPool(self.settings, self.bootstrap, pipeline, self.bus.publish, self.stats.poke)
+        self.pool = ConsumerPool(
+            self.settings, self.bootstrap, pipeline, self.bus.publish, self.stats.consumers_changed
+        )
         self.pool.start(self.settings.consumer_count)
         if sockets:
             self._http = HttpServers(self, sockets)
@@ -205,7 +181,8 @@ class Backend:
             self._http = None
         if self.pool:
             self.pool.stop_all()
-        self.stats.stop()
+        if self.stats:
+            self.stats.stop()
         if self.probe:
             self.probe.stop()
         if self._producer:
@@ -224,11 +201,10 @@ class Backend:
 
     def statistics(self) -> dict[str, Any]:
         """The stats-updated payload, from the store's exact counters."""
-        counts = self.store.counts() if self.store else None
-        active = self.pool.active_count if self.pool else 0
-        if counts is None:
-            return events.stats_updated(0, 0, 0, active)
-        return events.stats_updated(counts.total, counts.processed, counts.failed, active)
+        return statistics(self.store.counts() if self.store else None, self._active_consumers())
+
+    def _active_consumers(self) -> int:
+        return self.pool.active_count if self.pool else 0
 
     def health(self) -> Health:
         """200-worthy once consumers have reached the broker; the reason otherwise."""
