@@ -224,11 +224,8 @@ class Backend:
 
     def gateway_clients(self) -> int | None:
         """Socket.IO and /ws clients connected to this process's gateway (None when not serving)."""
-        for server in self._http.servers if self._http else ():
-            gateway = getattr(server.config.app, "gateway", None)
-            if gateway is not None:
-                return int(gateway.client_count)
-        return None
+        gateway = self._http.gateway if self._http else None
+        return None if gateway is None else int(gateway.client_count)
 
     # --- operations ---------------------------------------------------------------------------
 
@@ -341,6 +338,7 @@ class HttpServers(threading.Thread):
         self.backend = backend
         self.sockets = sockets
         self.servers: list[Any] = []
+        self.gateway: Any = None  # the event gateway of the app on GATEWAY_PORT, once it is built
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
         self.serving = threading.Event()  # both servers have started (or one gave up)
@@ -356,8 +354,10 @@ class HttpServers(threading.Thread):
         from backend.websocket_protocol import FastSendWebSocketProtocol
 
         self.loop = asyncio.get_running_loop()
+        gateway_app = create_gateway_app(self.backend)
+        self.gateway = gateway_app.gateway
         apps = (
-            (create_gateway_app(self.backend), self.sockets["GATEWAY_PORT"]),
+            (gateway_app, self.sockets["GATEWAY_PORT"]),
             (create_producer_app(self.backend), self.sockets["PRODUCER_PORT"]),
         )
         tasks = []
@@ -384,11 +384,9 @@ class HttpServers(threading.Thread):
     def stop(self, wait: float = 10.0) -> None:
         """Close clients first (long-polling requests would hold the shutdown), then the servers."""
         self.ready.wait(wait)  # a stop right after start must not miss servers still being created
-        for server in self.servers:
-            gateway = getattr(server.config.app, "gateway", None)
-            if gateway is not None and self.loop is not None:
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(gateway.close_clients(), self.loop).result(2)
+        if self.gateway is not None and self.loop is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.gateway.close_clients(), self.loop).result(2)
         for server in self.servers:
             server.should_exit = True
         self.join(wait)
