@@ -1,11 +1,11 @@
 """The consumer pool: N kafka-python consumers in one group, each in its own thread.
 
-A consumer's loop is: poll a batch, decode and process each record (publishing
-``message-received`` and ``processing-started`` as it goes), store the batch's
-outcomes in one transaction, publish ``processing-completed``/``-failed`` for
-the rows that were new, then commit the offsets. Because the store is keyed by
-record and offsets are committed only after it, a crash or a rebalance at any
-moment leads to redelivery at worst, and redelivered records are skipped.
+This module is about consumers: their threads, the Kafka client, partition assignment and
+positions. A consumer's loop is: poll a batch, hand it to the record pipeline
+(:class:`backend.pipeline.Pipeline`, which processes, stores and announces it), then commit the
+offsets. Because the store is keyed by record and offsets are committed only after the pipeline
+stored the batch, a crash or a rebalance at any moment leads to redelivery at worst, and
+redelivered records are skipped.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
-from backend import events, processing
-from backend.bus import EventBus
+from backend import events
 from backend.config import Settings
 from backend.log_end import LogEndOffsets, partition_name
-from backend.store import LogRow, Store
+from backend.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +126,21 @@ def _names(partitions: set[TopicPartition] | frozenset[TopicPartition]) -> list[
 
 
 class ConsumerWorker(threading.Thread):
-    """One consumer of the group, running its poll loop in its own thread."""
+    """One consumer of the group, running its poll loop in its own thread.
 
-    def __init__(self, consumer_id: str, pool: ConsumerPool) -> None:
+    It knows the pipeline it feeds and how to reach the broker, not the pool that started it.
+    ``assign_mode``: the pool hands it partitions (:meth:`assign`) instead of a group subscription.
+    """
+
+    def __init__(
+        self, consumer_id: str, settings: Settings, bootstrap: str, pipeline: Pipeline, assign_mode: bool
+    ) -> None:
         super().__init__(name=consumer_id, daemon=True)
         self.consumer_id = consumer_id
-        self.pool = pool
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.pipeline = pipeline
+        self.assign_mode = assign_mode
         self.snapshot = ConsumerSnapshot(consumer_id, events.ACTIVE, started_at=events.now_iso())
         self.joined = False
         self.polled = threading.Event()
@@ -192,13 +200,13 @@ class ConsumerWorker(threading.Thread):
             self._applied.set()
 
     def _open(self) -> KafkaConsumer:
-        settings = self.pool.settings
+        settings = self.settings
         consumer = KafkaConsumer(
-            bootstrap_servers=self.pool.bootstrap,
+            bootstrap_servers=self.bootstrap,
             client_id=f"{settings.group_id}-{self.consumer_id}",
             **consumer_options(settings),
         )
-        if self.pool.assign_mode:
+        if self.assign_mode:
             return consumer
         listener = _Listener(self)
         if settings.topics:
@@ -214,7 +222,7 @@ class ConsumerWorker(threading.Thread):
 
     def _loop(self, consumer: KafkaConsumer) -> None:
         while not self._stopping.is_set():
-            if self.pool.assign_mode and not self._apply_assignment(consumer):
+            if self.assign_mode and not self._apply_assignment(consumer):
                 self.polled.set()
                 self._stopping.wait(POLL_TIMEOUT_MS / 1000)
                 continue
@@ -235,11 +243,7 @@ class ConsumerWorker(threading.Thread):
             self._handle(consumer, batch)
         except Exception as exc:
             self._fail(f"batch not stored, will retry: {exc}")
-            self.pool.store.forget_in_flight(
-                events.make_log_id(self.pool.cluster_id, r.topic, r.partition, r.offset)
-                for records in batch.values()
-                for r in records
-            )
+            self.pipeline.release(record for records in batch.values() for record in records)
             for tp, records in batch.items():
                 if records:
                     consumer.seek(tp, records[0].offset)
@@ -261,14 +265,10 @@ class ConsumerWorker(threading.Thread):
 
     def _handle(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         records = [record for partition_records in batch.values() for record in partition_records]
-        rows = self.pool.process_batch(self.consumer_id, records)
-        inserted = self.pool.store_batch(self.consumer_id, rows)
+        tally = self.pipeline.handle(self.consumer_id, records)
         with self._lock:
-            for row, new in zip(rows, inserted, strict=True):
-                if new and row.status == events.PROCESSED:
-                    self.snapshot.processed += 1
-                elif new:
-                    self.snapshot.failed += 1
+            self.snapshot.processed += tally.processed
+            self.snapshot.failed += tally.failed
         offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "", -1) for tp, recs in batch.items() if recs}
         self._uncommitted.update(offsets)
         # Asynchronous: the outcomes are stored already, so a lost commit only means a
@@ -305,28 +305,29 @@ class ConsumerWorker(threading.Thread):
 
 
 class ConsumerPool:
-    """Starts, stops and describes the consumers; turns records into stored outcomes and events."""
+    """Starts, stops and describes the consumers, each feeding the same record pipeline.
+
+    ``publish`` sends ``consumer-status-changed`` (the bus's ``publish``); ``consumers_changed`` is
+    called after a consumer started or stopped (the count of active consumers moved).
+    """
 
     def __init__(
         self,
         settings: Settings,
         bootstrap: str,
-        cluster_id: str,
-        store: Store,
-        bus: EventBus,
-        on_outcomes: Callable[[], None],
+        pipeline: Pipeline,
+        publish: Callable[[str, dict[str, Any]], object],
+        consumers_changed: Callable[[], None],
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
-        self.cluster_id = cluster_id
-        self.store = store
-        self.bus = bus
-        self.on_outcomes = on_outcomes
-        self.processor = processing.load_processor(settings.processor)
+        self.pipeline = pipeline
+        self.publish = publish
+        self.consumers_changed = consumers_changed
         self._workers: dict[str, ConsumerWorker] = {}
         self._lock = threading.Lock()
         self.assign_mode = settings.embedded
-        self.assigner = PartitionAssigner(self) if self.assign_mode else None
+        self.assigner = PartitionAssigner(bootstrap, settings, self.running) if self.assign_mode else None
         self.log_ends = LogEndOffsets(bootstrap, settings, self._held_partitions)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -345,15 +346,17 @@ class ConsumerPool:
             while self._is_running(f"consumer-{number}"):
                 number += 1
             consumer_id = f"consumer-{number}"
-            worker = ConsumerWorker(consumer_id, self)
+            worker = ConsumerWorker(
+                consumer_id, self.settings, self.bootstrap, self.pipeline, self.assign_mode
+            )
             self._workers[consumer_id] = worker
             worker.start()
         if self.assigner:
             self.assigner.poke()
-        self.bus.publish(
+        self.publish(
             events.CONSUMER_STATUS_CHANGED, events.consumer_status_changed(consumer_id, events.ACTIVE)
         )
-        self.on_outcomes()
+        self.consumers_changed()
         log.info("Consumer %s started", consumer_id)
         return consumer_id
 
@@ -371,10 +374,10 @@ class ConsumerPool:
         worker.join(wait)
         if self.assigner:
             self.assigner.poke()
-        self.bus.publish(
+        self.publish(
             events.CONSUMER_STATUS_CHANGED, events.consumer_status_changed(consumer_id, events.INACTIVE)
         )
-        self.on_outcomes()
+        self.consumers_changed()
         log.info("Consumer %s stopped", consumer_id)
         return True
 
@@ -424,105 +427,6 @@ class ConsumerPool:
             running = [worker for worker in self._workers.values() if worker.is_alive()]
         return all(worker.polled.is_set() for worker in running)
 
-    # --- the work -----------------------------------------------------------------------------
-
-    def process_batch(self, consumer_id: str, records: list[Any]) -> list[LogRow]:
-        """Decode and process the batch's new records; return the rows to store.
-
-        ``message-received`` and ``processing-started`` for the whole batch go
-        out under one bus lock before any user processor runs, which keeps the
-        per-record order (received, started, then the outcome) at a fraction of
-        the cost of publishing record by record.
-        """
-        ids = [events.make_log_id(self.cluster_id, r.topic, r.partition, r.offset) for r in records]
-        already = self.store.known(ids)
-        fresh = [
-            (record, log_id) for record, log_id in zip(records, ids, strict=True) if log_id not in already
-        ]
-        if not fresh:
-            return []
-        received_ms = events.now_ms()
-        self.store.mark_in_flight([log_id for _, log_id in fresh])
-        decoded = [self._decode(record, log_id) for record, log_id in fresh]
-        announcements: list[tuple[str, dict[str, Any]]] = []
-        for record, log_id, _, outcome in decoded:
-            announcements.append((events.MESSAGE_RECEIVED, events.message_received(
-                log_id, record.topic, record.partition, record.offset, outcome.data_type, outcome.row_count,
-                received_ms,
-            )))  # fmt: skip
-            announcements.append(
-                (events.PROCESSING_STARTED, events.processing_started(log_id, consumer_id, received_ms))
-            )
-        self.bus.publish_many(announcements)
-        if log.isEnabledFor(logging.DEBUG):
-            for _, log_id, _, _ in decoded:
-                log.debug("Broadcasted message-received for log %s", log_id)
-        return [self._finish(consumer_id, item, received_ms) for item in decoded]
-
-    def _decode(self, record: Any, log_id: str) -> tuple[Any, str, dict[str, str], processing.Outcome]:
-        headers = processing.header_map(record.headers)
-        return (
-            record,
-            log_id,
-            headers,
-            processing.decode_record(record.value, headers, self.settings.max_message_bytes),
-        )
-
-    def _finish(
-        self, consumer_id: str, item: tuple[Any, str, dict[str, str], processing.Outcome], received_ms: int
-    ) -> LogRow:
-        record, log_id, headers, decoded = item
-        outcome = processing.apply_processor(
-            decoded, self.processor, record.topic, record.partition, record.offset, record.key, headers
-        )
-        return LogRow(
-            log_id=log_id,
-            cluster_id=self.cluster_id,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            record_key=None if record.key is None else record.key.decode("utf-8", errors="replace"),
-            data_type=outcome.data_type,
-            row_count=outcome.row_count,
-            status=events.PROCESSED if outcome.ok else events.FAILED,
-            consumer_id=consumer_id,
-            error=outcome.error,
-            produced_ms=record.timestamp if record.timestamp and record.timestamp > 0 else None,
-            received_ms=received_ms,
-            started_ms=received_ms,
-            completed_ms=events.now_ms(),
-            size_bytes=None if record.value is None else len(record.value),
-            payload=outcome.payload,
-            result=_jsonable(outcome.result),
-            payload_json=outcome.payload_json,
-        )
-
-    def store_batch(self, consumer_id: str, rows: list[LogRow]) -> list[bool]:
-        """Store the outcomes, then announce the ones that were new (exactly one outcome per logId)."""
-        inserted = self.store.save(rows)
-        outcomes: list[tuple[str, dict[str, Any]]] = []
-        for row, new in zip(rows, inserted, strict=True):
-            if not new:
-                continue
-            completed_ms = row.completed_ms or events.now_ms()
-            if row.status == events.PROCESSED:
-                data = events.processing_completed(row.log_id, consumer_id, completed_ms)
-                outcomes.append((events.PROCESSING_COMPLETED, data))
-            else:
-                data = events.processing_failed(row.log_id, consumer_id, row.error or "", completed_ms)
-                outcomes.append((events.PROCESSING_FAILED, data))
-        self.bus.publish_many(outcomes)
-        if rows:
-            self.on_outcomes()
-        return inserted
-
-
-def _jsonable(value: Any) -> Any:
-    """Processor results are stored as JSON; anything else is stored as its text."""
-    if value is None or isinstance(value, str | int | float | bool | list | dict):
-        return value
-    return repr(value)
-
 
 def plan_assignment(
     partitions: list[TopicPartition], consumer_ids: list[str]
@@ -548,9 +452,13 @@ class PartitionAssigner(threading.Thread):
     DISCOVERY_INTERVAL_S = 1.0
     APPLY_TIMEOUT_S = 10.0
 
-    def __init__(self, pool: ConsumerPool) -> None:
+    def __init__(
+        self, bootstrap: str, settings: Settings, running: Callable[[], list[ConsumerWorker]]
+    ) -> None:
         super().__init__(name="partition-assigner", daemon=True)
-        self.pool = pool
+        self.bootstrap = bootstrap
+        self.settings = settings
+        self.running = running  # the live workers, ordered by their number
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._current: dict[str, frozenset[TopicPartition]] = {}
@@ -564,9 +472,9 @@ class PartitionAssigner(threading.Thread):
 
     def run(self) -> None:
         metadata = KafkaConsumer(
-            bootstrap_servers=self.pool.bootstrap,
+            bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
-            **self.pool.settings.kafka_client_options(),
+            **self.settings.kafka_client_options(),
         )
         try:
             while not self._stopping.is_set():
@@ -582,12 +490,12 @@ class PartitionAssigner(threading.Thread):
     def _discover(self, metadata: KafkaConsumer) -> list[TopicPartition]:
         found: list[TopicPartition] = []
         for topic in metadata.topics():
-            if self.pool.settings.topic_matches(topic):
+            if self.settings.topic_matches(topic):
                 found.extend(TopicPartition(topic, p) for p in metadata.partitions_for_topic(topic) or ())
         return found
 
     def _rebalance(self, partitions: list[TopicPartition]) -> None:
-        workers = {worker.consumer_id: worker for worker in self.pool.running()}
+        workers = {worker.consumer_id: worker for worker in self.running()}
         target = plan_assignment(partitions, list(workers))
         current = {cid: tps for cid, tps in self._current.items() if cid in workers}
         if target == current:

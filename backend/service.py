@@ -20,15 +20,16 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from backend import events
+from backend import events, processing
 from backend.bus import EventBus
 from backend.config import ConfigError, Settings, is_valid_topic
 from backend.consumers import ConsumerPool
+from backend.pipeline import Pipeline
+from backend.stats import StatsPublisher, statistics
 from backend.store import Store
 
 log = logging.getLogger(__name__)
 
-STATS_MIN_INTERVAL_S = 0.02
 BROKER_PROBE_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 HTTP_START_WAIT_S = 30.0  # start() waits this long at most for the HTTP servers to listen
@@ -60,33 +61,6 @@ class Produced:
     topic: str
     partition: int
     offset: int
-
-
-class StatsPublisher(threading.Thread):
-    """Publishes stats-updated after outcomes, merging bursts, never later than ~20 ms."""
-
-    def __init__(self, backend: Backend) -> None:
-        super().__init__(name="stats-publisher", daemon=True)
-        self.backend = backend
-        self._dirty = threading.Event()
-        self._stopping = threading.Event()
-
-    def poke(self) -> None:
-        self._dirty.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._dirty.set()
-
-    def run(self) -> None:
-        while not self._stopping.is_set():
-            self._dirty.wait()
-            if self._stopping.is_set():
-                return
-            self._dirty.clear()
-            self.backend.bus.publish(events.STATS_UPDATED, self.backend.statistics())
-            log.debug("Broadcasted stats update")
-            self._stopping.wait(STATS_MIN_INTERVAL_S)
 
 
 class BrokerProbe(threading.Thread):
@@ -148,7 +122,7 @@ class Backend:
         self.store: Store | None = None
         self.bus = EventBus()
         self.pool: ConsumerPool | None = None
-        self.stats = StatsPublisher(self)
+        self.stats: StatsPublisher | None = None
         self.probe: BrokerProbe | None = None
         self.started_at = events.now_iso()
         self._producer: KafkaProducer | None = None
@@ -169,9 +143,18 @@ class Backend:
         self._start_broker()
         self.probe = BrokerProbe(self.bootstrap)
         self.probe.start()
+        self.stats = StatsPublisher(self.store.counts, self._active_consumers, self.bus.publish)
         self.stats.start()
+        pipeline = Pipeline(
+            cluster_id=self.cluster_id,
+            sink=self.store,
+            publish=self.bus.publish_many,
+            processor=processing.load_processor(self.settings.processor),
+            max_message_bytes=self.settings.max_message_bytes,
+            counts_changed=self.stats.counts_changed,
+        )
         self.pool = ConsumerPool(
-            self.settings, self.bootstrap, self.cluster_id, self.store, self.bus, self.stats.poke
+            self.settings, self.bootstrap, pipeline, self.bus.publish, self.stats.consumers_changed
         )
         self.pool.start(self.settings.consumer_count)
         if sockets:
@@ -198,7 +181,8 @@ class Backend:
             self._http = None
         if self.pool:
             self.pool.stop_all()
-        self.stats.stop()
+        if self.stats:
+            self.stats.stop()
         if self.probe:
             self.probe.stop()
         if self._producer:
@@ -217,11 +201,10 @@ class Backend:
 
     def statistics(self) -> dict[str, Any]:
         """The stats-updated payload, from the store's exact counters."""
-        counts = self.store.counts() if self.store else None
-        active = self.pool.active_count if self.pool else 0
-        if counts is None:
-            return events.stats_updated(0, 0, 0, active)
-        return events.stats_updated(counts.total, counts.processed, counts.failed, active)
+        return statistics(self.store.counts() if self.store else None, self._active_consumers())
+
+    def _active_consumers(self) -> int:
+        return self.pool.active_count if self.pool else 0
 
     def health(self) -> Health:
         """200-worthy once consumers have reached the broker; the reason otherwise."""
@@ -241,11 +224,8 @@ class Backend:
 
     def gateway_clients(self) -> int | None:
         """Socket.IO and /ws clients connected to this process's gateway (None when not serving)."""
-        for server in self._http.servers if self._http else ():
-            gateway = getattr(server.config.app, "gateway", None)
-            if gateway is not None:
-                return int(gateway.client_count)
-        return None
+        gateway = self._http.gateway if self._http else None
+        return None if gateway is None else int(gateway.client_count)
 
     # --- operations ---------------------------------------------------------------------------
 
@@ -358,6 +338,7 @@ class HttpServers(threading.Thread):
         self.backend = backend
         self.sockets = sockets
         self.servers: list[Any] = []
+        self.gateway: Any = None  # the event gateway of the app on GATEWAY_PORT, once it is built
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
         self.serving = threading.Event()  # both servers have started (or one gave up)
@@ -373,8 +354,10 @@ class HttpServers(threading.Thread):
         from backend.websocket_protocol import FastSendWebSocketProtocol
 
         self.loop = asyncio.get_running_loop()
+        gateway_app = create_gateway_app(self.backend)
+        self.gateway = gateway_app.gateway
         apps = (
-            (create_gateway_app(self.backend), self.sockets["GATEWAY_PORT"]),
+            (gateway_app, self.sockets["GATEWAY_PORT"]),
             (create_producer_app(self.backend), self.sockets["PRODUCER_PORT"]),
         )
         tasks = []
@@ -401,11 +384,9 @@ class HttpServers(threading.Thread):
     def stop(self, wait: float = 10.0) -> None:
         """Close clients first (long-polling requests would hold the shutdown), then the servers."""
         self.ready.wait(wait)  # a stop right after start must not miss servers still being created
-        for server in self.servers:
-            gateway = getattr(server.config.app, "gateway", None)
-            if gateway is not None and self.loop is not None:
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(gateway.close_clients(), self.loop).result(2)
+        if self.gateway is not None and self.loop is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.gateway.close_clients(), self.loop).result(2)
         for server in self.servers:
             server.should_exit = True
         self.join(wait)
