@@ -19,7 +19,13 @@ from starlette.datastructures import UploadFile
 
 from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import CSV_BATCH, SINGLE_MESSAGE
-from backend.gateway import UNAUTHORIZED_DOC, bad_request_doc, create_api, error_doc, require_token
+from backend.gateway.http_policy import (
+    UNAUTHORIZED_DOC,
+    bad_request_doc,
+    create_api,
+    error_doc,
+    require_token,
+)
 from backend.processing import DecodeError, parse_csv, parse_json
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import uvicorn
 import websockets
 from websockets.frames import Frame, Opcode
 
-from backend.websocket_protocol import SEND_TEXTS, WRITE_FRAMES, FastSendWebSocketProtocol, text_frame
+from backend.gateway.transport import SEND_TEXTS, WRITE_FRAMES, FastSendWebSocketProtocol, text_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])
