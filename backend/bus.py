@@ -41,7 +41,6 @@ class EventBus:
         self._reserve = reserve
         self._reserved_until = start_seq
         self._subscribers: list[Subscriber] = []
-        self._changed = threading.Condition(self._lock)
 
     @property
     def last_seq(self) -> int:
@@ -75,7 +74,6 @@ class EventBus:
                 except Exception:  # a broken reader must not break the publisher
                     log.exception("event subscriber failed; removing it")
                     self._subscribers.remove(subscriber)
-            self._changed.notify_all()
         return published
 
     def _reserve_block(self) -> None:
@@ -131,8 +129,3 @@ class EventBus:
             return None
         start = last_seq + 1 - oldest
         return [self._ring[i] for i in range(start, len(self._ring))]
-
-    def wait_for(self, last_seq: int, timeout: float) -> bool:
-        """Block until an event after ``last_seq`` exists (for pull readers and tests)."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._seq > last_seq, timeout)

@@ -19,7 +19,13 @@ from starlette.datastructures import UploadFile
 
 from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import CSV_BATCH, SINGLE_MESSAGE
-from backend.gateway import UNAUTHORIZED_DOC, bad_request_doc, create_api, error_doc, require_token
+from backend.gateway.http_policy import (
+    UNAUTHORIZED_DOC,
+    bad_request_doc,
+    create_api,
+    error_doc,
+    require_token,
+)
 from backend.processing import DecodeError, parse_csv, parse_json
 
 log = logging.getLogger(__name__)
@@ -167,90 +173,99 @@ async def csv_upload(request: Request, body: bytes, limit: int) -> bytes:
     return data
 
 
+async def produce(backend: Any, topic: str, value: bytes, data_type: str) -> dict[str, Any]:
+    """Produce the record (in a worker thread: kafka-python blocks); 400 or 503 when it is refused."""
+    try:
+        produced = await run_in_threadpool(backend.produce, topic, value, data_type)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    except Exception as exc:  # the broker is down or timed out
+        log.warning("Producing to %s failed: %s", topic, exc)
+        raise HTTPException(503, f"could not produce to {topic!r}: {type(exc).__name__}: {exc}") from None
+    return {"topic": produced.topic, "partition": produced.partition, "offset": str(produced.offset)}
+
+
+def _backend(request: Request) -> Any:
+    """The backend this app produces through (see :func:`create_producer_app`)."""
+    return request.app.state.backend
+
+
+router = APIRouter(prefix="/api/producers", tags=["producers"], responses=UNAUTHORIZED_DOC)
+
+
+@router.post(
+    "/send/single",
+    status_code=201,
+    summary="Produce one JSON message",
+    openapi_extra=SINGLE_BODY,
+    responses={
+        201: {"model": ProducedBody, "description": "Produced"},
+        **produce_errors(
+            "No topic or an invalid one, a Content-Type other than JSON, a body that is not JSON"
+        ),
+    },
+)
+async def send_single(request: Request, topic: Topic = None) -> JSONResponse:
+    backend = _backend(request)
+    topic = checked_topic(topic)
+    if media_type(request) not in JSON_TYPES and not media_type(request).endswith("+json"):
+        raise BadRequest(f"Content-Type must be application/json (got {media_type(request)[:60]!r})")
+    body = await read_body(request, backend.settings.max_message_bytes)
+    if not body.strip():
+        raise BadRequest("empty body: send a JSON value")
+    try:
+        parse_json(utf8(body))
+    except DecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    result = await produce(backend, topic, body, SINGLE_MESSAGE)
+    return JSONResponse(result, status_code=201)
+
+
+@router.post(
+    "/send/csv",
+    status_code=201,
+    summary="Produce one CSV document as one CSV_BATCH record",
+    openapi_extra=CSV_BODY,
+    responses={
+        201: {"model": ProducedCsvBody, "description": "Produced, as one CSV_BATCH record"},
+        **produce_errors("No topic or an invalid one, another Content-Type, a malformed CSV document"),
+    },
+)
+async def send_csv(request: Request, topic: Topic = None) -> JSONResponse:
+    backend = _backend(request)
+    limit = backend.settings.max_message_bytes
+    topic = checked_topic(topic)
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        body = await read_body(request, limit + MULTIPART_OVERHEAD)
+        document = await csv_upload(request, body, limit)
+    elif kind in CSV_TYPES:
+        document = await read_body(request, limit)
+    else:
+        raise BadRequest(f"Content-Type must be text/csv or multipart/form-data (got {kind[:60]!r})")
+    if not document.strip():
+        raise BadRequest("empty CSV document")
+    try:
+        rows = parse_csv(utf8(document))
+    except DecodeError as exc:
+        raise BadRequest(str(exc)) from None
+    result = await produce(backend, topic, document, CSV_BATCH)
+    return JSONResponse({**result, "rowCount": len(rows)}, status_code=201)
+
+
 def create_producer_app(backend: Any) -> FastAPI:
     """POST /api/producers/send/single and /send/csv, documented at /docs."""
     settings: Settings = backend.settings
-    limit = settings.max_message_bytes
     app = create_api(
         settings,
         title="Consumer dashboard: producer API",
         description=(
             "Produces records to Kafka with a `data-type` header (`SINGLE_MESSAGE` or `CSV_BATCH`). "
-            f"Bodies over {limit} bytes (MAX_MESSAGE_BYTES) are refused with 413; any malformed request "
-            "gets 400 and produces nothing. When AUTH_TOKEN is set, send `Authorization: Bearer <token>`."
+            f"Bodies over {settings.max_message_bytes} bytes (MAX_MESSAGE_BYTES) are refused with 413; "
+            "any malformed request gets 400 and produces nothing. "
+            "When AUTH_TOKEN is set, send `Authorization: Bearer <token>`."
         ),
     )
-    router = APIRouter(
-        prefix="/api/producers",
-        tags=["producers"],
-        dependencies=[Security(require_token(settings))],
-        responses=UNAUTHORIZED_DOC,
-    )
-
-    async def produce(topic: str, value: bytes, data_type: str) -> dict[str, Any]:
-        try:
-            produced = await run_in_threadpool(backend.produce, topic, value, data_type)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        except Exception as exc:  # the broker is down or timed out
-            log.warning("Producing to %s failed: %s", topic, exc)
-            raise HTTPException(503, f"could not produce to {topic!r}: {type(exc).__name__}: {exc}") from None
-        return {"topic": produced.topic, "partition": produced.partition, "offset": str(produced.offset)}
-
-    @router.post(
-        "/send/single",
-        status_code=201,
-        summary="Produce one JSON message",
-        openapi_extra=SINGLE_BODY,
-        responses={
-            201: {"model": ProducedBody, "description": "Produced"},
-            **produce_errors(
-                "No topic or an invalid one, a Content-Type other than JSON, a body that is not JSON"
-            ),
-        },
-    )
-    async def send_single(request: Request, topic: Topic = None) -> JSONResponse:
-        topic = checked_topic(topic)
-        if media_type(request) not in JSON_TYPES and not media_type(request).endswith("+json"):
-            raise BadRequest(f"Content-Type must be application/json (got {media_type(request)[:60]!r})")
-        body = await read_body(request, limit)
-        if not body.strip():
-            raise BadRequest("empty body: send a JSON value")
-        try:
-            parse_json(utf8(body))
-        except DecodeError as exc:
-            raise BadRequest(f"body is not JSON: {exc}") from None
-        result = await produce(topic, body, SINGLE_MESSAGE)
-        return JSONResponse(result, status_code=201)
-
-    @router.post(
-        "/send/csv",
-        status_code=201,
-        summary="Produce one CSV document as one CSV_BATCH record",
-        openapi_extra=CSV_BODY,
-        responses={
-            201: {"model": ProducedCsvBody, "description": "Produced, as one CSV_BATCH record"},
-            **produce_errors("No topic or an invalid one, another Content-Type, a malformed CSV document"),
-        },
-    )
-    async def send_csv(request: Request, topic: Topic = None) -> JSONResponse:
-        topic = checked_topic(topic)
-        kind = media_type(request)
-        if kind == "multipart/form-data":
-            body = await read_body(request, limit + MULTIPART_OVERHEAD)
-            document = await csv_upload(request, body, limit)
-        elif kind in CSV_TYPES:
-            document = await read_body(request, limit)
-        else:
-            raise BadRequest(f"Content-Type must be text/csv or multipart/form-data (got {kind[:60]!r})")
-        if not document.strip():
-            raise BadRequest("empty CSV document")
-        try:
-            rows = parse_csv(utf8(document))
-        except DecodeError as exc:
-            raise BadRequest(str(exc)) from None
-        result = await produce(topic, document, CSV_BATCH)
-        return JSONResponse({**result, "rowCount": len(rows)}, status_code=201)
-
-    app.include_router(router)
+    app.state.backend = backend
+    app.include_router(router, dependencies=[Security(require_token(settings))])
     return app

@@ -349,9 +349,9 @@ class HttpServers(threading.Thread):
     async def _serve(self) -> None:
         import uvicorn
 
-        from backend.gateway import MAX_INBOUND_BYTES, create_gateway_app
+        from backend.gateway.app import create_gateway_app
+        from backend.gateway.transport import MAX_INBOUND_BYTES, FastSendWebSocketProtocol
         from backend.producer_api import create_producer_app
-        from backend.websocket_protocol import FastSendWebSocketProtocol
 
         self.loop = asyncio.get_running_loop()
         gateway_app = create_gateway_app(self.backend)

@@ -229,7 +229,7 @@ def run(
     keep_startup_objects_out_of_gc()  # both sides with what is alive now frozen, as in the backend
     raw = raw_consume(bootstrap, topic, count, consumers, timeout)
     say(f"throughput: raw {raw.rate:,.0f} msgs/s; now the pipeline")
-    for module in ("backend.gateway", "backend.producer_api", "uvicorn"):
+    for module in ("backend.gateway.app", "backend.producer_api", "uvicorn"):
         importlib.import_module(module)  # not inside the profile: FastAPI, pydantic, socketio
     with PySpy(os.getpid(), profile_to) if profile_to else contextlib.nullcontext():
         cpu_before, wall_before = time.process_time(), time.monotonic()

@@ -68,10 +68,6 @@ def source() -> Source:
     return _source if _source is not None else start()
 
 
-def started() -> bool:
-    return _source is not None
-
-
 def install(new_source: Source | None) -> None:
     """Use this source (tests); None forgets the current one without stopping it."""
     global _source, _error

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-import backend.gateway as gateway
+import backend.gateway.fanout as gateway
 from backend.bus import EventBus
 
 

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
-import backend.gateway as gateway_module
+import backend.gateway.fanout as fanout_module
 from backend import events
 from tests.support import (
     ServedBackend,
@@ -615,7 +615,7 @@ def test_slow_clients_are_cut_off_while_others_keep_receiving(
 ) -> None:
     """A /ws client and a Socket.IO client that stop reading are disconnected with a logged reason;
     a /ws client and a Socket.IO client that keep reading get every event, in order."""
-    monkeypatch.setattr(gateway_module, "CLIENT_QUEUE_MAX", 1000)
+    monkeypatch.setattr(fanout_module, "CLIENT_QUEUE_MAX", 1000)
     caplog.set_level(logging.INFO, logger="backend.gateway")
     bus = served.backend.bus
     stalled_ws = StalledClient(served.ws)

@@ -26,7 +26,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from backend import events
-from backend.gateway import MAX_INBOUND_BYTES
+from backend.gateway.transport import MAX_INBOUND_BYTES
 from tests.support import ServedBackend, backend_settings, ensure_topic, serve_backend, unique
 
 #: How long anything may take before we call it a hang.

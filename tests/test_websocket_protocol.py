@@ -1,4 +1,4 @@
-"""The gateway's WebSocket protocol: frames built by hand must be what websockets would build,
+"""The gateway's WebSocket protocol: its frames must be what a client's websockets parses back,
 and its two extensions (several texts in one write, ready-made frames without waiting) must
 deliver in order and refuse to write when the socket has no room."""
 
@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 import uvicorn
 import websockets
 from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
-from backend.websocket_protocol import SEND_TEXTS, WRITE_FRAMES, FastSendWebSocketProtocol, text_frame
+from backend.gateway.transport import SEND_TEXTS, WRITE_FRAMES, FastSendWebSocketProtocol, text_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])
@@ -21,6 +23,31 @@ def test_text_frame_is_the_frame_websockets_builds(size: int) -> None:
     payload = ("é" * size).encode()[:size]
     expected = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
     assert text_frame(payload) == expected
+    # And a client's parser reads it back as one whole, unmasked, final text frame.
+    assert parse_server_frames(text_frame(payload) + text_frame(b"next")) == [
+        Frame(Opcode.TEXT, payload),
+        Frame(Opcode.TEXT, b"next"),
+    ]
+
+
+def parse_server_frames(data: bytes) -> list[Frame]:
+    """Every frame in ``data``, parsed as a client parses what a server sends; all bytes must be used."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    frames = []
+    while not run(reader.at_eof()):
+        frames.append(run(Frame.parse(reader.read_exact, mask=False)))
+    return frames
+
+
+def run(generator: Generator[None, None, Any]) -> Any:
+    """The result of one of websockets' generator-based parsers, given data that is all there."""
+    try:
+        next(generator)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the parser wants more data than the frames hold")
 
 
 class Probe:
