@@ -134,6 +134,12 @@ class Backend:
 
     def start(self, serve_http: bool = True) -> Backend:
         """Start everything; raises ConfigError (or BrokerError) with one clear line."""
+        if serve_http:
+            # Here, not in the server thread: an unsupported library version stops start-up
+            # with one line instead of leaving a backend that runs without its HTTP side.
+            from backend.gateway.transport import check_library_versions
+
+            check_library_versions()
         sockets = bind_sockets(self.settings) if serve_http else None
         self.store = Store(self.settings.data_dir)
         start_seq = int(self.store.get_meta("seq_reserved") or 0)

@@ -57,3 +57,16 @@ def test_a_patch_release_inside_the_range_is_accepted(monkeypatch: pytest.Monkey
 def test_requirements_pin_the_ranges_the_glue_supports() -> None:
     pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)\s*(~=[^\s#]+)", REQUIREMENTS.read_text(), re.MULTILINE))
     assert {name: pinned.get(name) for name in transport.SUPPORTED_VERSIONS} == transport.SUPPORTED_VERSIONS
+
+
+def test_the_backend_refuses_to_start_before_binding_or_storing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Checked in Backend.start, not in the server thread: the process must not run without HTTP."""
+    from backend.service import Backend
+
+    monkeypatch.setattr(importlib.metadata, "version", installed_except("uvicorn", "0.99.0"))
+    backend = Backend(Settings(data_dir=tmp_path / "data"))
+    with pytest.raises(transport.UnsupportedLibraryError, match="uvicorn 0.99.0"):
+        backend.start()
+    assert backend.store is None and not (tmp_path / "data").exists()
