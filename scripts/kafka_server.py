@@ -26,13 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.broker import (  # noqa: E402 - needs the path above when run as a script
-    KAFKA_VERSION,
-    ApacheKafka,
-    BrokerError,
-    EmbeddedBroker,
-    kafka_libs,
-)
+from backend.broker import BrokerError, EmbeddedBroker  # noqa: E402 - needs the path above
+from scripts.kafka_launcher import KAFKA_VERSION, ApacheKafka, kafka_libs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

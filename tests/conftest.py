@@ -8,12 +8,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from backend.broker import ApacheKafka, EmbeddedBroker
+from backend.broker import EmbeddedBroker
+from scripts.kafka_launcher import ApacheKafka
 
 # ============================================================================================
-# Brokers (backend/broker.py). One of each per test session: starting Apache Kafka costs ~5 s.
-# A test that stops or kills `kafka` must start() it again before it returns (use try/finally);
-# start() after stop() keeps the port, the data and the cluster id.
+# Brokers (backend/broker.py, scripts/kafka_launcher.py). One of each per test session: starting
+# Apache Kafka costs ~5 s. A test that stops or kills `kafka` must start() it again before it
+# returns (use try/finally); start() after stop() keeps the port, the data and the cluster id.
 # ============================================================================================
 
 

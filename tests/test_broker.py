@@ -18,8 +18,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from backend import broker as broker_module
-from backend.broker import ApacheKafka, BrokerError, EmbeddedBroker, kafka_cluster_id, port_open
+from backend.broker import BrokerError, EmbeddedBroker, port_open
+from scripts import kafka_launcher
+from scripts.kafka_launcher import ApacheKafka, kafka_cluster_id
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -165,7 +166,7 @@ def _id_beginning_with_dash() -> str:
 
 def test_cluster_ids_never_begin_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
     draws = iter([uuid.UUID(bytes=bytes([0xF8]) + bytes(15)), uuid.UUID(bytes=bytes(16))])
-    monkeypatch.setattr(broker_module.uuid, "uuid4", lambda: next(draws))
+    monkeypatch.setattr(kafka_launcher.uuid, "uuid4", lambda: next(draws))
     assert kafka_cluster_id() == base64.urlsafe_b64encode(bytes(16)).decode().rstrip("=")
 
 
