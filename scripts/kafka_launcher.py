@@ -8,6 +8,10 @@ package because it needs Maven and Java, which users of the dashboard do not hav
 
 The process lifecycle (spawned so that it dies with us, readiness, stop with a grace period) is the
 one the embedded broker uses, imported from ``backend.broker``.
+
+The same jars hold Apache Kafka's command-line tools: :func:`kafka_tool` builds the java command
+line of one (``ConsoleProducer``, ``ConsumerGroupCommand``, ``GetOffsetShell``...), and
+``python -m scripts.kafka_launcher TOOL ARGS...`` runs one by hand.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import fcntl
 import logging
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -30,6 +35,19 @@ SLF4J_VERSION = "1.7.36"
 DEPENDENCY_PLUGIN_VERSION = "3.8.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_CACHE = REPO_ROOT / ".cache" / "kafka"
+# The jars folder inside KAFKA_CACHE/<version>. Not "libs": launchers before the tools jar filled
+# that one without it, and a complete folder is never refilled.
+JARS_DIR = "jars"
+
+# Main classes of the Kafka tools, as in the kafka-tools jar of Kafka 4.x (test_broker checks them).
+CONSOLE_PRODUCER = "org.apache.kafka.tools.ConsoleProducer"
+CONSOLE_CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
+CONSUMER_GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+GET_OFFSET_SHELL = "org.apache.kafka.tools.GetOffsetShell"
+TOOLS = {
+    name.rsplit(".", 1)[1]: name
+    for name in (CONSOLE_PRODUCER, CONSOLE_CONSUMER, CONSUMER_GROUP_COMMAND, GET_OFFSET_SHELL)
+}
 
 _POM = """\
 <project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -40,6 +58,8 @@ _POM = """\
   <packaging>pom</packaging>
   <dependencies>
     <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{kafka}</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId>
       <version>{kafka}</version></dependency>
     <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId>
       <version>{slf4j}</version></dependency>
@@ -55,13 +75,13 @@ _POM = """\
 
 
 def kafka_libs(version: str = KAFKA_VERSION, cache: Path = KAFKA_CACHE, timeout: float = 900.0) -> Path:
-    """The folder of Kafka jars for ``version``, downloaded with Maven on first use.
+    """The folder of Kafka jars (broker and tools) for ``version``, downloaded with Maven on first use.
 
     A lock file serialises concurrent first uses, and the jars land in a temporary folder that is
     renamed into place only when complete, so a half-finished download is never used.
     """
     home = cache / version
-    libs = home / "libs"
+    libs = home / JARS_DIR
     if libs.is_dir():
         return libs
     home.mkdir(parents=True, exist_ok=True)
@@ -79,7 +99,7 @@ def _download_kafka(version: str, home: Path, libs: Path, timeout: float) -> Non
     (home / "pom.xml").write_text(
         _POM.format(kafka=version, slf4j=SLF4J_VERSION, plugin=DEPENDENCY_PLUGIN_VERSION)
     )
-    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=home))
+    staging = Path(tempfile.mkdtemp(prefix=f"{JARS_DIR}-", dir=home))
     cmd = [
         mvn,
         "-B",
@@ -96,12 +116,46 @@ def _download_kafka(version: str, home: Path, libs: Path, timeout: float) -> Non
     except subprocess.TimeoutExpired as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise BrokerError(f"mvn did not fetch Apache Kafka {version} within {timeout:.0f}s") from exc
-    if result.returncode != 0 or not any(staging.glob(f"kafka_2.13-{version}.jar")):
+    complete = all((staging / f"{jar}-{version}.jar").is_file() for jar in ("kafka_2.13", "kafka-tools"))
+    if result.returncode != 0 or not complete:
         shutil.rmtree(staging, ignore_errors=True)
         lines = (result.stdout + result.stderr).strip().splitlines()
         errors = [line for line in lines if "ERROR" in line] or lines[-1:]
         raise BrokerError(f"mvn could not fetch Apache Kafka {version}: {errors[0] if errors else '?'}")
     staging.rename(libs)
+
+
+def java_command(libs: Path, main_class: str, *args: str, heap: str, log_level: str) -> list[str]:
+    """The command line running ``main_class`` of the jars in ``libs`` with slf4j-simple logging."""
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("Apache Kafka needs Java 17+ (java) on PATH")
+    return [
+        java,
+        f"-Xmx{heap}",
+        "-Xms64m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dorg.slf4j.simpleLogger.defaultLogLevel={log_level}",
+        "-Dorg.slf4j.simpleLogger.showDateTime=true",
+        "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
+        "-cp",
+        f"{libs}/*",
+        main_class,
+        *args,
+    ]
+
+
+def kafka_tool(main_class: str, *args: str, version: str = KAFKA_VERSION, **options: str) -> list[str]:
+    """The java command line running one of Kafka's command-line tools from the cached jars.
+
+    ``options`` become ``--name=value`` (``bootstrap_server=...`` -> ``--bootstrap-server=...``):
+    a value passed as a separate argument that begins with "-" (a topic may be called "-x") would
+    be read as an option. ``args`` (flags such as ``--list``) are passed as they are, first.
+    Fetches the jars on first use; log lines below WARN are dropped, as Kafka's own scripts do.
+    """
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()]
+    return java_command(kafka_libs(version), main_class, *args, *flags, heap="256m", log_level="warn")
 
 
 class ApacheKafka(_BrokerProcess):
@@ -124,7 +178,9 @@ class ApacheKafka(_BrokerProcess):
         extra_config: dict[str, str] | None = None,
         cluster_id: str | None = None,
     ) -> None:
-        super().__init__(data_dir, port)
+        # Absolute: the JVM runs in data_dir, and its paths (config, log.dirs) must not depend on
+        # our working directory; nor can an absolute path begin with "-" on a command line.
+        super().__init__(Path(data_dir).resolve(), port)
         self.version = version
         # Used only when the log dir is formatted (the first start); None draws a random one.
         self._format_cluster_id = cluster_id
@@ -183,23 +239,8 @@ class ApacheKafka(_BrokerProcess):
         return "".join(f"{key}={value}\n" for key, value in props.items())
 
     def _java(self, main: str, *args: str) -> list[str]:
-        java = shutil.which("java")
-        if java is None:
-            raise BrokerError("Apache Kafka needs Java 17+ (java) on PATH")
-        return [
-            java,
-            f"-Xmx{self.heap}",
-            "-Xms64m",
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-            "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
-            "-Dorg.slf4j.simpleLogger.showDateTime=true",
-            "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd'T'HH:mm:ss.SSS",
-            "-cp",
-            f"{self._libs}/*",
-            main,
-            *args,
-        ]
+        assert self._libs is not None, "start() fetches the jars first"
+        return java_command(self._libs, main, *args, heap=self.heap, log_level="info")
 
     def _format(self) -> None:
         """Write the KRaft metadata (meta.properties, bootstrap checkpoint) into the log dir once."""
@@ -240,3 +281,20 @@ def kafka_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
+
+
+def main(argv: list[str]) -> int:
+    """``python -m scripts.kafka_launcher TOOL [ARGS...]``: run a Kafka tool from the cached jars."""
+    if not argv or argv[0] not in TOOLS:
+        print(f"usage: python -m scripts.kafka_launcher {{{','.join(TOOLS)}}} [ARGS...]", file=sys.stderr)
+        return 2
+    try:
+        command = kafka_tool(TOOLS[argv[0]], *argv[1:])
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return subprocess.call(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -10,7 +10,7 @@ It prints one line, ``KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT``, once the broker 
 until Ctrl-C or SIGTERM, and stops the broker on the way out. It runs in the foreground on purpose:
 the broker is bound to this process and dies with it, so no stray broker is left behind to hold a
 port; put it in the background with your shell (``&``) if you need to. Apache Kafka's jars are
-fetched once with Maven into ``.cache/kafka/<version>/libs``; its log is ``<data-dir>/kafka.log``.
+fetched once with Maven into ``.cache/kafka/<version>/jars``; its log is ``<data-dir>/kafka.log``.
 
 Importable too: ``main(argv)`` returns the exit code.
 """
