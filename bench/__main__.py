@@ -1,6 +1,6 @@
 """``python -m bench [--quick] [--profile]``: the backend's numbers, side by side, in one run.
 
-Starts Apache Kafka (``backend.broker.ApacheKafka``), then:
+Starts Apache Kafka (``scripts.kafka_launcher.ApacheKafka``), then:
 
 1. throughput: raw kafka-python vs the whole pipeline on one pre-filled topic (in this process);
 2. a ``python -m backend`` subprocess on that Kafka: end-to-end latency, fan-out to many clients,
@@ -197,7 +197,7 @@ class Bench:
         return run
 
     def run(self) -> None:
-        from backend.broker import ApacheKafka
+        from scripts.kafka_launcher import ApacheKafka
 
         plan = self.plan
         say("starting Apache Kafka")

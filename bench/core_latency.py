@@ -14,10 +14,10 @@ import threading
 import time
 from pathlib import Path
 
-from backend.broker import ApacheKafka
 from backend.config import Settings
 from backend.events import PROCESSING_COMPLETED, SINGLE_MESSAGE, Event
 from backend.service import Backend
+from scripts.kafka_launcher import ApacheKafka
 
 
 def measure(backend: Backend, count: int) -> list[float]:

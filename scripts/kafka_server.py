@@ -10,7 +10,7 @@ It prints one line, ``KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:PORT``, once the broker 
 until Ctrl-C or SIGTERM, and stops the broker on the way out. It runs in the foreground on purpose:
 the broker is bound to this process and dies with it, so no stray broker is left behind to hold a
 port; put it in the background with your shell (``&``) if you need to. Apache Kafka's jars are
-fetched once with Maven into ``.cache/kafka/<version>/libs``; its log is ``<data-dir>/kafka.log``.
+fetched once with Maven into ``.cache/kafka/<version>/jars``; its log is ``<data-dir>/kafka.log``.
 
 Importable too: ``main(argv)`` returns the exit code.
 """
@@ -26,13 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.broker import (  # noqa: E402 - needs the path above when run as a script
-    KAFKA_VERSION,
-    ApacheKafka,
-    BrokerError,
-    EmbeddedBroker,
-    kafka_libs,
-)
+from backend.broker import BrokerError, EmbeddedBroker  # noqa: E402 - needs the path above
+from scripts.kafka_launcher import KAFKA_VERSION, ApacheKafka, kafka_libs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, then runs it: ruff, then pytest.
+# requirements-dev.txt is the runtime (requirements.txt) plus the test and tooling packages.
 # Apache Kafka's jars are fetched from Maven Central by the test fixtures on first use
 # (cached in .cache/kafka); Chromium comes from Debian; JS clients from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
+python3 -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

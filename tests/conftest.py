@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from backend.broker import ApacheKafka, EmbeddedBroker
+from backend.broker import EmbeddedBroker
+from scripts.kafka_launcher import ApacheKafka
+from tests.support import ServedBackend, served_backend
 
 # ============================================================================================
-# Brokers (backend/broker.py). One of each per test session: starting Apache Kafka costs ~5 s.
-# A test that stops or kills `kafka` must start() it again before it returns (use try/finally);
-# start() after stop() keeps the port, the data and the cluster id.
+# Brokers (backend/broker.py, scripts/kafka_launcher.py). One of each per test session: starting
+# Apache Kafka costs ~5 s. A test that stops or kills `kafka` must start() it again before it
+# returns (use try/finally); start() after stop() keeps the port, the data and the cluster id.
 # ============================================================================================
 
 
@@ -55,3 +58,34 @@ def unique_topic(request: pytest.FixtureRequest) -> Callable[[str | None], str]:
 # ============================================================================================
 # End of the broker block.
 # ============================================================================================
+
+
+# ============================================================================================
+# A backend serving HTTP, shared by the tests of one module.
+# ============================================================================================
+
+
+@pytest.fixture(scope="module")
+def served_settings() -> dict[str, Any]:
+    """Settings overrides for the module's ``served`` backend; a test module redefines this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def served(
+    request: pytest.FixtureRequest, served_settings: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServedBackend]:
+    """The backend a test module shares, serving HTTP (gateway and producer API) on the session's Kafka.
+
+    Modules differ only in settings, so they redefine ``served_settings`` (topics, consumer_count,
+    a token...) rather than this fixture; the topics are created first (``served_backend``).
+    ``bootstrap_servers=None`` there runs the backend on its own embedded broker, and Apache Kafka
+    is then not started for that module.
+    """
+    overrides = dict(served_settings)
+    if "bootstrap_servers" in overrides:
+        bootstrap = overrides.pop("bootstrap_servers")
+    else:
+        bootstrap = request.getfixturevalue("kafka").bootstrap
+    with served_backend(tmp_path_factory.mktemp("served"), bootstrap, **overrides) as running:
+        yield running

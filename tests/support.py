@@ -201,6 +201,23 @@ def serve_backend(settings: Settings, timeout: float = 60.0) -> ServedBackend:
     return served
 
 
+@contextlib.contextmanager
+def served_backend(tmp_dir: Path, bootstrap: str | None, **overrides: Any) -> Iterator[ServedBackend]:
+    """A backend serving HTTP for a block of tests, stopped at the end; ``overrides`` are Settings.
+
+    On a cluster (``bootstrap``) the topics it consumes are created first, so its consumers have
+    their partitions from the start; ``bootstrap=None`` runs it on its own embedded broker.
+    """
+    if bootstrap:
+        for topic in overrides.get("topics", ()):
+            ensure_topic(bootstrap, topic)
+    running = serve_backend(backend_settings(tmp_dir, bootstrap, **overrides))
+    try:
+        yield running
+    finally:
+        running.backend.stop()
+
+
 def npm_install(directory: Path, module: str) -> None:
     """Install a package.json's dependencies unless they are there (scripts/test.sh does it up front)."""
     if (directory / "node_modules" / module / "package.json").exists():

@@ -11,15 +11,28 @@ import sys
 import textwrap
 import time
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
 
-from backend import broker as broker_module
-from backend.broker import ApacheKafka, BrokerError, EmbeddedBroker, kafka_cluster_id, port_open
+from backend.broker import BrokerError, EmbeddedBroker, port_open
+from scripts import kafka_launcher
+from scripts.kafka_launcher import (
+    CONSOLE_PRODUCER,
+    CONSUMER_GROUP_COMMAND,
+    GET_OFFSET_SHELL,
+    KAFKA_VERSION,
+    TOOLS,
+    ApacheKafka,
+    kafka_cluster_id,
+    kafka_libs,
+    kafka_tool,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -165,7 +178,7 @@ def _id_beginning_with_dash() -> str:
 
 def test_cluster_ids_never_begin_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
     draws = iter([uuid.UUID(bytes=bytes([0xF8]) + bytes(15)), uuid.UUID(bytes=bytes(16))])
-    monkeypatch.setattr(broker_module.uuid, "uuid4", lambda: next(draws))
+    monkeypatch.setattr(kafka_launcher.uuid, "uuid4", lambda: next(draws))
     assert kafka_cluster_id() == base64.urlsafe_b64encode(bytes(16)).decode().rstrip("=")
 
 
@@ -202,6 +215,66 @@ def test_broker_that_exits_at_start_fails_fast_naming_the_log(
     assert time.monotonic() - started < 10
     assert "\n" not in str(caught.value) and str(broker.log_path) in str(caught.value)
     assert not broker.running
+
+
+# --------------------------------------------------------------------------------------------
+# Apache Kafka's command-line tools, from the same cached jars.
+# --------------------------------------------------------------------------------------------
+
+
+def run_tool(main_class: str, *args: str, stdin: str = "", **options: str) -> str:
+    """Run a Kafka tool through kafka_tool(); return its stdout, failing with its stderr."""
+    result = subprocess.run(
+        kafka_tool(main_class, *args, **options), input=stdin, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_tool_classes_are_in_the_cached_jars() -> None:
+    with zipfile.ZipFile(kafka_libs() / f"kafka-tools-{KAFKA_VERSION}.jar") as jar:
+        classes = set(jar.namelist())
+    assert {f"{name.replace('.', '/')}.class" for name in TOOLS.values()} <= classes
+
+
+def test_kafka_tool_passes_options_as_name_equals_value() -> None:
+    command = kafka_tool(GET_OFFSET_SHELL, "--exclude-internal-topics", bootstrap_server="h:1", topic="-t")
+    assert command[-4:] == [
+        GET_OFFSET_SHELL,
+        "--exclude-internal-topics",
+        "--bootstrap-server=h:1",
+        "--topic=-t",
+    ]
+
+
+def test_console_producer_and_get_offset_shell(kafka: ApacheKafka, unique_topic) -> None:
+    """Records sent by ConsoleProducer are read back; GetOffsetShell reports the end offsets.
+
+    The topic's name begins with "-", which a "--topic NAME" command line could mistake for an option.
+    """
+    topic = f"-{unique_topic()}"
+    create_topic(kafka.bootstrap, topic)
+    lines = [f"line-{i}" for i in range(6)]
+    run_tool(CONSOLE_PRODUCER, stdin="\n".join(lines) + "\n", bootstrap_server=kafka.bootstrap, topic=topic)
+    records = consume_all(kafka.bootstrap, topic, len(lines))
+    assert sorted(r.value.decode() for r in records) == lines
+    expected = {p: 1 + max((r.offset for r in records if r.partition == p), default=-1) for p in range(3)}
+    shown = run_tool(GET_OFFSET_SHELL, bootstrap_server=kafka.bootstrap, topic=topic)
+    ends = {int(p): int(o) for p, o in (line.rsplit(":", 2)[1:] for line in shown.split())}
+    assert shown.startswith(f"{topic}:") and ends == expected
+
+
+def test_consumer_group_command_lists_a_group(kafka: ApacheKafka, unique_topic) -> None:
+    topic, group = unique_topic(), unique_topic("group")
+    create_topic(kafka.bootstrap, topic)
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(0, "", -1)})
+    finally:
+        consumer.close()
+    listed = run_tool(CONSUMER_GROUP_COMMAND, "--list", bootstrap_server=kafka.bootstrap)
+    assert group in listed.split()
 
 
 # --------------------------------------------------------------------------------------------

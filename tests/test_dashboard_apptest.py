@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -26,7 +27,7 @@ from backend.events import FAILED, SINGLE_MESSAGE
 from backend.service import Backend
 from dashboard import runtime
 from dashboard.source import LocalSource, RemoteSource
-from tests.support import free_port, stored_rows, wait_for
+from tests.support import ServedBackend, free_port, stored_rows, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard_app.py"
@@ -167,23 +168,14 @@ def test_sending_one_json_message_validates_first(with_data: Backend) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    """A second, separate backend with its gateway and producer API, as `python -m backend` runs it."""
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("served-data"),
-        gateway_port=free_port(),
-        producer_port=free_port(),
-        consumer_count=2,
-    )
-    started = Backend(settings).start(serve_http=True)
-    wait_for(lambda: started.health().ok, 30, "the served backend")
-    yield started
-    started.stop()
+def served_settings() -> dict[str, Any]:
+    """A second, separate backend with its gateway and producer API, on its own embedded broker."""
+    return {"bootstrap_servers": None, "consumer_count": 2}
 
 
 @pytest.mark.parametrize("shares_data_dir", [True, False], ids=["same-data-dir", "rest-only"])
 def test_pages_render_attached_to_a_running_backend(
-    backend: Backend, served: Backend, tmp_path: Path, shares_data_dir: bool
+    backend: Backend, served: ServedBackend, tmp_path: Path, shares_data_dir: bool
 ) -> None:
     settings = Settings(
         backend_url=f"http://127.0.0.1:{served.settings.gateway_port}",

@@ -27,10 +27,8 @@ import backend.gateway.fanout as fanout_module
 from backend import events
 from tests.support import (
     ServedBackend,
-    backend_settings,
-    ensure_topic,
     foreign_producer,
-    serve_backend,
+    served_backend,
     unique,
     wait_for,
 )
@@ -42,34 +40,23 @@ APP_ORIGIN = "http://app.example"
 
 
 @pytest.fixture(scope="module")
-def served(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBackend]:
+def served_settings() -> dict[str, Any]:
     """The backend most tests share: default CORS policy, no token, consuming its own topic and 'test'."""
-    topic = unique("gateway")
-    for name in (topic, "test"):
-        ensure_topic(kafka.bootstrap, name)
-    settings = backend_settings(
-        tmp_path_factory.mktemp("gateway"), kafka.bootstrap, topics=(topic, "test"), consumer_count=2
-    )
-    running = serve_backend(settings)
-    yield running
-    running.backend.stop()
+    return {"topics": (unique("gateway"), "test"), "consumer_count": 2}
 
 
 @pytest.fixture(scope="module")
 def secured(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBackend]:
     """A backend with AUTH_TOKEN and an explicit CORS_ORIGINS list (no consumers needed)."""
-    topic = unique("secured")
-    settings = backend_settings(
+    with served_backend(
         tmp_path_factory.mktemp("secured"),
         kafka.bootstrap,
-        topics=(topic,),
+        topics=(unique("secured"),),
         consumer_count=0,
         auth_token=TOKEN,
         cors_origins=(APP_ORIGIN,),
-    )
-    running = serve_backend(settings)
-    yield running
-    running.backend.stop()
+    ) as running:
+        yield running
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -55,9 +55,7 @@ from backend.gateway import create_gateway_app
 from backend.producer_api import create_producer_app
 from tests.support import (
     ServedBackend,
-    backend_settings,
-    ensure_topic,
-    serve_backend,
+    served_backend,
     unique,
     wait_for,
 )
@@ -88,18 +86,14 @@ STATUSES: Counter[tuple[str, int]] = Counter()
 
 @pytest.fixture(scope="module")
 def fuzzed(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBackend]:
-    for topic in FUZZ_TOPICS:
-        ensure_topic(kafka.bootstrap, topic)
-    settings = backend_settings(
+    with served_backend(
         tmp_path_factory.mktemp("fuzz"),
         kafka.bootstrap,
         topics=FUZZ_TOPICS,
         consumer_count=1,
         auth_token=TOKEN,
-    )
-    served = serve_backend(settings)
-    yield served
-    served.backend.stop()
+    ) as served:
+        yield served
 
 
 # --- the two documents --------------------------------------------------------------------------

@@ -11,30 +11,26 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from backend.broker import list_topics
-from tests.support import ServedBackend, backend_settings, ensure_topic, serve_backend, unique
+from tests.support import ServedBackend, ensure_topic, served_backend, unique
 
 LIMIT = 4096  # MAX_MESSAGE_BYTES of the backend under test
 TOKEN = "producer-token"
 
 
-def serve(kafka: Any, tmp_path_factory: pytest.TempPathFactory, **overrides: Any) -> ServedBackend:
-    settings = backend_settings(
-        tmp_path_factory.mktemp("producer"),
-        kafka.bootstrap,
-        topics=(unique("unused"),),
-        consumer_count=0,
-        max_message_bytes=LIMIT,
-        topic_partitions=2,
+def producer_settings(**overrides: Any) -> dict[str, Any]:
+    """Settings of the backends under test: no consumers, small records, new topics of 2 partitions."""
+    return {
+        "topics": (unique("unused"),),
+        "consumer_count": 0,
+        "max_message_bytes": LIMIT,
+        "topic_partitions": 2,
         **overrides,
-    )
-    return serve_backend(settings)
+    }
 
 
 @pytest.fixture(scope="module")
-def served(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBackend]:
-    running = serve(kafka, tmp_path_factory)
-    yield running
-    running.backend.stop()
+def served_settings() -> dict[str, Any]:
+    return producer_settings()
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +277,9 @@ def test_wrong_method_and_unknown_path_are_json_errors(served: ServedBackend) ->
 
 @pytest.fixture(scope="module")
 def secured(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBackend]:
-    running = serve(kafka, tmp_path_factory, auth_token=TOKEN, cors_origins=("http://app.example",))
-    yield running
-    running.backend.stop()
+    settings = producer_settings(auth_token=TOKEN, cors_origins=("http://app.example",))
+    with served_backend(tmp_path_factory.mktemp("producer"), kafka.bootstrap, **settings) as running:
+        yield running
 
 
 def test_token_is_required_and_nothing_is_produced_without_it(secured: ServedBackend) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from backend import events
 from backend.gateway.transport import MAX_INBOUND_BYTES
-from tests.support import ServedBackend, backend_settings, ensure_topic, serve_backend, unique
+from tests.support import ServedBackend, unique
 
 #: How long anything may take before we call it a hang.
 DEADLINE = 20.0
@@ -37,15 +37,8 @@ PROBE_NAMESPACE = "/probe"
 
 
 @pytest.fixture(scope="module")
-def served(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedBackend]:
-    topic = unique("abuse")
-    ensure_topic(kafka.bootstrap, topic)
-    settings = backend_settings(
-        tmp_path_factory.mktemp("abuse"), kafka.bootstrap, topics=(topic,), consumer_count=1
-    )
-    running = serve_backend(settings)
-    yield running
-    running.backend.stop()
+def served_settings() -> dict[str, Any]:
+    return {"topics": (unique("abuse"),), "consumer_count": 1}
 
 
 def topic_of(served: ServedBackend) -> str:

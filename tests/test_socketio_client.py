@@ -145,16 +145,8 @@ def probe(url: str, **config: Any) -> Iterator[Probe]:
 
 
 @pytest.fixture(scope="module")
-def served(
-    kafka: Any, tmp_path_factory: pytest.TempPathFactory, probe_ready: None
-) -> Iterator[ServedBackend]:
-    ensure_topic(kafka.bootstrap, "test")
-    settings = backend_settings(
-        tmp_path_factory.mktemp("sio"), kafka.bootstrap, topics=("test",), consumer_count=2
-    )
-    running = serve_backend(settings)
-    yield running
-    running.backend.stop()
+def served_settings(probe_ready: None) -> dict[str, Any]:
+    return {"topics": ("test",), "consumer_count": 2}
 
 
 def seed_curl(producer: str, topic: str = "test", headers: dict[str, str] | None = None) -> dict[str, Any]:

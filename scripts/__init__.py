@@ -1,0 +1,1 @@
+"""Development scripts and the tools they share; the product never imports this package."""
