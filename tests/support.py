@@ -312,3 +312,25 @@ def stored_rows(now_ms: int) -> list[LogRow]:
             )
         )
     return rows
+
+
+# --- Apache Kafka's own command-line tools (scripts/kafka_launcher.py) -------------------------
+
+
+def run_tool(main_class: str, *args: str, stdin: str = "", **options: str) -> str:
+    """Run a Kafka tool through kafka_tool(); return its stdout, failing with its stderr."""
+    from scripts.kafka_launcher import kafka_tool
+
+    result = subprocess.run(
+        kafka_tool(main_class, *args, **options), input=stdin, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Each partition's log-end offset as the broker's own GetOffsetShell reports it."""
+    from scripts.kafka_launcher import GET_OFFSET_SHELL
+
+    shown = run_tool(GET_OFFSET_SHELL, bootstrap_server=bootstrap, topic=topic)
+    return {int(p): int(o) for p, o in (line.rsplit(":", 2)[1:] for line in shown.split())}

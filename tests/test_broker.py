@@ -33,6 +33,7 @@ from scripts.kafka_launcher import (
     kafka_libs,
     kafka_tool,
 )
+from tests.support import end_offsets, run_tool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -222,15 +223,6 @@ def test_broker_that_exits_at_start_fails_fast_naming_the_log(
 # --------------------------------------------------------------------------------------------
 
 
-def run_tool(main_class: str, *args: str, stdin: str = "", **options: str) -> str:
-    """Run a Kafka tool through kafka_tool(); return its stdout, failing with its stderr."""
-    result = subprocess.run(
-        kafka_tool(main_class, *args, **options), input=stdin, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def test_the_tool_classes_are_in_the_cached_jars() -> None:
     with zipfile.ZipFile(kafka_libs() / f"kafka-tools-{KAFKA_VERSION}.jar") as jar:
         classes = set(jar.namelist())
@@ -260,8 +252,7 @@ def test_console_producer_and_get_offset_shell(kafka: ApacheKafka, unique_topic)
     assert sorted(r.value.decode() for r in records) == lines
     expected = {p: 1 + max((r.offset for r in records if r.partition == p), default=-1) for p in range(3)}
     shown = run_tool(GET_OFFSET_SHELL, bootstrap_server=kafka.bootstrap, topic=topic)
-    ends = {int(p): int(o) for p, o in (line.rsplit(":", 2)[1:] for line in shown.split())}
-    assert shown.startswith(f"{topic}:") and ends == expected
+    assert shown.startswith(f"{topic}:") and end_offsets(kafka.bootstrap, topic) == expected
 
 
 def test_consumer_group_command_lists_a_group(kafka: ApacheKafka, unique_topic) -> None:
