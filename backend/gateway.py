@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import socketio
 from engineio import async_socket as engineio_async_socket
@@ -47,7 +47,6 @@ from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
 from socketio import packet as socketio_packet
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -59,6 +58,15 @@ from backend.bus import EventBus
 from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import Event
 from backend.websocket_protocol import WRITE_FRAMES, text_frame, texts_sender
+from backend.wire import (
+    ConsumerBody,
+    ErrorBody,
+    HealthBody,
+    LogBody,
+    StartedConsumerBody,
+    StatisticsBody,
+    StoppedConsumerBody,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +178,6 @@ def bearer_token(authorization: str | None) -> str | None:
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """Every error of both APIs: ``{"error": "<why>"}``."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-class ErrorBody(BaseModel):
-    """The body of every error answer of both APIs (see :func:`error_response`)."""
-
-    error: str = Field(description="Why the request was refused, for people to read (not to be parsed).")
 
 
 def error_doc(description: str, **extra: Any) -> dict[str, Any]:
@@ -959,72 +961,8 @@ def _peer(websocket: WebSocket) -> str:
 
 # --- the app ------------------------------------------------------------------------------------
 
-# The REST answers as documented: the routes return plain dicts (``response_model=None``), these
-# models only describe them in the OpenAPI document (``responses=``) and change no answer.
-
-ISO_MS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
-Timestamp = Annotated[str, Field(pattern=ISO_MS_PATTERN, description="ISO-8601 UTC with milliseconds and Z")]
-Offset = Annotated[str, Field(pattern=r"^\d+$", description="The Kafka offset, as a string")]
-Count = Annotated[int, Field(ge=0)]
-
-
-class HealthBody(BaseModel):
-    status: Literal["ok", "unavailable"]
-    reason: str | None = Field(description="Why the backend is not ready; null when it is")
-    broker: str = Field(description="The bootstrap servers")
-    brokerReachable: bool  # noqa: N815 - the API's field names
-    timestamp: Timestamp
-    gatewayClients: Count  # noqa: N815
-
-
-class StatisticsBody(BaseModel):
-    """The fields of the stats-updated event."""
-
-    totalMessages: Count  # noqa: N815
-    processedMessages: Count  # noqa: N815
-    failedMessages: Count  # noqa: N815
-    activeConsumers: Count  # noqa: N815
-    timestamp: Timestamp
-
-
-class LogBody(BaseModel):
-    """One Kafka record and its outcome."""
-
-    logId: str  # noqa: N815
-    topic: str
-    partition: Count
-    offset: Offset
-    dataType: Literal["SINGLE_MESSAGE", "CSV_BATCH"]  # noqa: N815
-    rowCount: Count  # noqa: N815
-    status: Literal["RECEIVED", "PROCESSING", "PROCESSED", "FAILED"]
-    consumerId: str | None  # noqa: N815
-    error: str | None
-    receivedAt: Timestamp  # noqa: N815
-    startedAt: Timestamp | None  # noqa: N815
-    completedAt: Timestamp | None  # noqa: N815
-    producedAt: Timestamp | None  # noqa: N815
-    key: str | None
-    sizeBytes: Count | None  # noqa: N815
-
-
-class ConsumerBody(BaseModel):
-    consumerId: str  # noqa: N815
-    status: Literal["ACTIVE", "INACTIVE"]
-    partitions: list[str] = Field(description='Assigned partitions as "topic-partition"')
-    lag: dict[str, Count | None] = Field(description="Records behind, per assigned partition (null: unknown)")
-    processedMessages: Count  # noqa: N815
-    failedMessages: Count  # noqa: N815
-    startedAt: Timestamp | None  # noqa: N815
-    lastError: str | None  # noqa: N815
-
-
-class StartedConsumerBody(BaseModel):
-    consumerId: str  # noqa: N815
-
-
-class StoppedConsumerBody(BaseModel):
-    consumerId: str  # noqa: N815
-    status: Literal["INACTIVE"]
+# The REST answers as documented: the routes return plain dicts (``response_model=None``); the models
+# of backend/wire.py only describe them in the OpenAPI document (``responses=``) and change no answer.
 
 
 LogStatus = Annotated[

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -21,6 +20,7 @@ from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import CSV_BATCH, SINGLE_MESSAGE
 from backend.gateway import UNAUTHORIZED_DOC, bad_request_doc, create_api, error_doc, require_token
 from backend.processing import DecodeError, parse_csv, parse_json
+from backend.wire import ProducedBody, ProducedCsvBody, produced_body
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +76,6 @@ CSV_BODY = {
         },
     },
 }
-
-
-class ProducedBody(BaseModel):
-    """Where the record landed."""
-
-    topic: str
-    partition: int = Field(ge=0)
-    offset: str = Field(pattern=r"^\d+$", description="The Kafka offset, as a string")
-
-
-class ProducedCsvBody(ProducedBody):
-    rowCount: int = Field(ge=1, description="Data rows (the header excluded)")  # noqa: N815 - the API's name
 
 
 def produce_errors(bad_request: str) -> dict[int | str, dict[str, Any]]:
@@ -195,7 +183,7 @@ def create_producer_app(backend: Any) -> FastAPI:
         except Exception as exc:  # the broker is down or timed out
             log.warning("Producing to %s failed: %s", topic, exc)
             raise HTTPException(503, f"could not produce to {topic!r}: {type(exc).__name__}: {exc}") from None
-        return {"topic": produced.topic, "partition": produced.partition, "offset": str(produced.offset)}
+        return produced_body(produced.topic, produced.partition, produced.offset)
 
     @router.post(
         "/send/single",
