@@ -54,6 +54,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from backend import engineio_websocket, events
+from backend.analytics_api import analytics_router
 from backend.bus import EventBus
 from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import Event
@@ -1094,6 +1095,7 @@ def create_gateway_app(backend: Any) -> ASGIApp:
             raise HTTPException(404, f"no running consumer {consumerId[:100]!r}")
         return {"consumerId": consumerId, "status": events.INACTIVE}
 
+    router.include_router(analytics_router(lambda: backend.store))
     api.include_router(router)
 
     @api.websocket("/ws")
