@@ -51,7 +51,7 @@ def test_the_answers_are_the_local_queries_in_camel_case(client: TestClient, sto
     assert len(records) == 10 and {"logId", "receivedMs", "retriable"} <= set(records[0])
     one = client.get(f"/api/consumers/logs/{records[0]['logId']}").json()
     assert one == store.log(records[0]["logId"]).to_api(with_payload=True)
-    fields = client.get("/api/analytics/fields", params=[("topic", "orders"), ("topic", "payments")]).json()
+    fields = client.get("/api/analytics/fields", params={"topics": "orders,payments"}).json()
     assert {f["field"]: f["count"] for f in fields} == {
         f["field"]: f["count"] for f in analytics.numeric_fields(store)
     }
@@ -62,7 +62,7 @@ def test_the_answers_are_the_local_queries_in_camel_case(client: TestClient, sto
 
 
 def test_an_unknown_record_is_404(client: TestClient) -> None:
-    answer = client.get("/api/consumers/logs/no-such-record")
+    answer = client.get("/api/consumers/logs/00000000-0000-0000-0000-000000000000")
     assert answer.status_code == 404 and "error" in answer.json()
 
 
@@ -75,9 +75,12 @@ HOSTILE = [
     ("/api/analytics/volume", {"bucketMs": "9" * 40}),
     ("/api/analytics/volume", {"bucketMs": "1000", "sinceMs": "9" * 30}),
     ("/api/analytics/volume", {"bucketMs": "1000", "untilMs": "NaN"}),
-    ("/api/analytics/volume", {"bucketMs": "1000", "topic": ""}),
-    ("/api/analytics/volume", {"bucketMs": "1000", "topic": "a b"}),
-    ("/api/analytics/volume", {"bucketMs": "1000", "topic": "'; DROP TABLE logs; --"}),
+    ("/api/analytics/volume", {"bucketMs": "1000", "topics": ""}),
+    ("/api/analytics/volume", {"bucketMs": "1000", "topics": "a b"}),
+    ("/api/analytics/volume", {"bucketMs": "1000", "topics": "orders,"}),
+    ("/api/analytics/volume", {"bucketMs": "1000", "topics": "orders,.."}),
+    ("/api/analytics/volume", {"bucketMs": "1000", "topics": ",".join(["t"] * 2501)}),
+    ("/api/analytics/volume", {"bucketMs": "1000", "topics": "'; DROP TABLE logs; --"}),
     ("/api/analytics/failure-rate", {"bucketMs": "x"}),
     ("/api/analytics/latency", {"bucketMs": "1000", "kind": "completed_ms - 1"}),
     ("/api/analytics/throughput", {"sinceMs": "-1"}),
@@ -86,7 +89,7 @@ HOSTILE = [
     ("/api/analytics/top-errors", {"limit": "100000000000000000000"}),
     ("/api/analytics/topics", {"sinceMs": "yesterday"}),
     ("/api/analytics/fields", {"sample": "0"}),
-    ("/api/analytics/fields", {"topic": "."}),
+    ("/api/analytics/fields", {"topics": "."}),
     ("/api/analytics/field-series", {"bucketMs": "1000"}),  # field is required
     ("/api/analytics/field-series", {"bucketMs": "1000", "field": ""}),
     ("/api/analytics/field-series", {"bucketMs": "1000", "field": "x" * 501}),
@@ -99,6 +102,7 @@ HOSTILE = [
     ("/api/analytics/logs", {"text": "x" * 501}),
     ("/api/analytics/logs/count", {"topic": ".."}),
     ("/api/consumers/logs/" + "x" * 201, {}),
+    ("/api/consumers/logs/not-a-log-id", {}),
 ]
 
 
