@@ -347,6 +347,11 @@ def parse_list(model: type[M], data: Any) -> list[M]:
     return _adapter(list[model]).validate_python(data)  # type: ignore[valid-type]
 
 
+def parse_names(data: Any) -> list[str]:
+    """A list of names (topics) from a REST answer."""
+    return _adapter(list[str]).validate_python(data)
+
+
 def rows(model: type[Row], data: Any) -> list[dict[str, Any]]:
     """Analytics rows from a REST answer, as the dicts the local query returns."""
     return [item.model_dump(by_alias=False) for item in parse_list(model, data)]
