@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
-from backend import events
+from backend import events, wire
 from backend.config import Settings
 from backend.log_end import LogEndOffsets, partition_name
 from backend.pipeline import Pipeline
@@ -88,16 +88,11 @@ class ConsumerSnapshot:
     last_error: str | None = None
 
     def to_api(self) -> dict[str, Any]:
-        return {
-            "consumerId": self.consumer_id,
-            "status": self.status,
-            "partitions": sorted(self.partitions, key=_partition_sort_key),
-            "lag": {name: state.lag for name, state in sorted(self.partitions.items())},
-            "processedMessages": self.processed,
-            "failedMessages": self.failed,
-            "startedAt": self.started_at,
-            "lastError": self.last_error,
-        }
+        """The REST API's consumer object (:class:`backend.wire.ConsumerBody`)."""
+        lags = {name: state.lag for name, state in self.partitions.items()}
+        return wire.consumer_body(
+            self.consumer_id, self.status, lags, self.processed, self.failed, self.started_at, self.last_error
+        )
 
 
 def _partition_sort_key(name: str) -> tuple[str, int]:

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -27,6 +26,7 @@ from backend.gateway.http_policy import (
     require_token,
 )
 from backend.processing import DecodeError, parse_csv, parse_json
+from backend.wire import ProducedBody, ProducedCsvBody, produced_body
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,6 @@ CSV_BODY = {
         },
     },
 }
-
-
-class ProducedBody(BaseModel):
-    """Where the record landed."""
-
-    topic: str
-    partition: int = Field(ge=0)
-    offset: str = Field(pattern=r"^\d+$", description="The Kafka offset, as a string")
-
-
-class ProducedCsvBody(ProducedBody):
-    rowCount: int = Field(ge=1, description="Data rows (the header excluded)")  # noqa: N815 - the API's name
 
 
 def produce_errors(bad_request: str) -> dict[int | str, dict[str, Any]]:
@@ -182,7 +170,7 @@ async def produce(backend: Any, topic: str, value: bytes, data_type: str) -> dic
     except Exception as exc:  # the broker is down or timed out
         log.warning("Producing to %s failed: %s", topic, exc)
         raise HTTPException(503, f"could not produce to {topic!r}: {type(exc).__name__}: {exc}") from None
-    return {"topic": produced.topic, "partition": produced.partition, "offset": str(produced.offset)}
+    return produced_body(produced.topic, produced.partition, produced.offset)
 
 
 def _backend(request: Request) -> Any:

@@ -20,7 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from backend import events, processing
+from backend import events, processing, wire
 from backend.bus import EventBus
 from backend.config import ConfigError, Settings, is_valid_topic
 from backend.consumers import ConsumerPool
@@ -45,13 +45,8 @@ class Health:
     broker_reachable: bool
 
     def to_api(self) -> dict[str, Any]:
-        return {
-            "status": "ok" if self.ok else "unavailable",
-            "reason": self.reason,
-            "broker": self.broker,
-            "brokerReachable": self.broker_reachable,
-            "timestamp": events.now_iso(),
-        }
+        """The REST API's health object (:class:`backend.wire.HealthBody`) but ``gatewayClients``."""
+        return wire.health_body(self.ok, self.reason, self.broker, self.broker_reachable)
 
 
 @dataclass(frozen=True)

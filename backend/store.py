@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.events import FAILED, PROCESSED, iso_from_ms
+from backend import wire
+from backend.events import FAILED, PROCESSED
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +93,13 @@ class LogRow:
     payload_json: str | None = None
 
     def to_api(self, with_payload: bool = False) -> dict[str, Any]:
-        """The contract's log object (REST and dashboard)."""
-        data: dict[str, Any] = {
-            "logId": self.log_id,
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": str(self.offset),
-            "dataType": self.data_type,
-            "rowCount": self.row_count,
-            "status": self.status,
-            "consumerId": self.consumer_id,
-            "error": self.error,
-            "receivedAt": iso_from_ms(self.received_ms),
-            "startedAt": iso_from_ms(self.started_ms) if self.started_ms else None,
-            "completedAt": iso_from_ms(self.completed_ms) if self.completed_ms else None,
-            "producedAt": iso_from_ms(self.produced_ms) if self.produced_ms else None,
-            "key": self.record_key,
-            "sizeBytes": self.size_bytes,
-        }
+        """The contract's log object (REST and dashboard): :class:`backend.wire.LogBody`, or
+        :class:`backend.wire.LogDetailBody` ``with_payload``."""
+        data = wire.log_body(
+            self.log_id, self.topic, self.partition, self.offset, self.data_type, self.row_count,
+            self.status, self.consumer_id, self.error, self.received_ms, self.started_ms,
+            self.completed_ms, self.produced_ms, self.record_key, self.size_bytes,
+        )  # fmt: skip
         if with_payload:
             data["payload"] = self.payload
             data["result"] = self.result

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backend import analytics, events
+from backend import events
 from backend.bus import EventBus
+
+if TYPE_CHECKING:  # no import at run time: this module stays free of the sources' dependencies
+    from dashboard.source import Source
 
 TAIL_MAX = 200
 WINDOW_S = 600
@@ -31,6 +34,26 @@ IN_FLIGHT_LOOKBACK = 5_000  # events before the cursor searched for records stil
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+#: A tail row: these fields of the contract's log body (backend.wire.LogBody; the message-received
+#: event carries the same names), plus ``time``, when it was received (epoch ms).
+TAIL_FIELDS = (
+    "logId",
+    "topic",
+    "partition",
+    "offset",
+    "dataType",
+    "rowCount",
+    "status",
+    "consumerId",
+    "error",
+)
+
+
+def tail_row(log: dict[str, Any], received_ms: int | None) -> dict[str, Any]:
+    """The tail's row for a record, from its log body (or its message-received event)."""
+    return {**{name: log.get(name) for name in TAIL_FIELDS}, "time": received_ms}
 
 
 class LiveFeed:
@@ -52,7 +75,7 @@ class LiveFeed:
 
     # --- reading the bus ----------------------------------------------------------------------
 
-    def sync(self, source: Any) -> int:
+    def sync(self, source: Source) -> int:
         """Fold the events since the cursor into the view; returns how many were new."""
         self.last_sync_ms = _now_ms()
         bus = source.bus
@@ -73,35 +96,21 @@ class LiveFeed:
         self._trim()
         return len(new)
 
-    def seed(self, source: Any) -> None:
-        """Start over from the store: cursor first, so no event after the snapshot is missed."""
+    def seed(self, source: Source) -> None:
+        """Start over from the source's store: cursor first, so no event after the snapshot is missed."""
         self.bus = source.bus
         self.cursor = self.bus.last_seq
         self.seeded_ms = _now_ms()
         self.stats = source.statistics()
         self.rows.clear()
         self.per_second.clear()
-        reader = source.reader
-        if reader is not None:
-            for row in reversed(reader.logs(limit=50)):
-                self.rows[row.log_id] = {
-                    "logId": row.log_id,
-                    "topic": row.topic,
-                    "partition": row.partition,
-                    "offset": str(row.offset),
-                    "dataType": row.data_type,
-                    "rowCount": row.row_count,
-                    "status": row.status,
-                    "consumerId": row.consumer_id,
-                    "error": row.error,
-                    "time": row.received_ms,
-                }
+        for row in reversed(source.logs(limit=50)):
+            self.rows[row.log_id] = tail_row(row.to_api(), row.received_ms)
         self._add_in_flight()
-        if source.store is not None:
-            since = self.seeded_ms - WINDOW_S * 1000
-            for item in analytics.throughput(source.store, since, 1000):
-                counts = self.per_second.setdefault(item["bucket"] // 1000, [0, 0])
-                counts[0 if item["status"] == events.PROCESSED else 1] += item["count"]
+        since = self.seeded_ms - WINDOW_S * 1000
+        for item in source.throughput(since, 1000):
+            counts = self.per_second.setdefault(item["bucket"] // 1000, [0, 0])
+            counts[0 if item["status"] == events.PROCESSED else 1] += item["count"]
 
     def _add_in_flight(self) -> None:
         """Rows for records received before the cursor whose outcome is not stored yet.
@@ -129,18 +138,8 @@ class LiveFeed:
         if name == events.MESSAGE_RECEIVED and log_id:
             row = self.rows.get(log_id)
             if row is None:
-                self.rows[log_id] = {
-                    "logId": log_id,
-                    "topic": data.get("topic"),
-                    "partition": data.get("partition"),
-                    "offset": data.get("offset"),
-                    "dataType": data.get("dataType"),
-                    "rowCount": data.get("rowCount"),
-                    "status": events.RECEIVED,
-                    "consumerId": None,
-                    "error": None,
-                    "time": events.ms_from_iso(data.get("timestamp")),
-                }
+                received = {**data, "status": events.RECEIVED, "consumerId": None, "error": None}
+                self.rows[log_id] = tail_row(received, events.ms_from_iso(data.get("timestamp")))
                 if count:
                     self.stats["totalMessages"] = int(self.stats.get("totalMessages", 0)) + 1
         elif name in (events.PROCESSING_STARTED, events.PROCESSING_COMPLETED, events.PROCESSING_FAILED):

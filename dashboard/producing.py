@@ -22,6 +22,7 @@ from typing import Any
 from backend import processing
 from backend.config import is_valid_topic
 from backend.events import CSV_BATCH, SINGLE_MESSAGE
+from backend.processing import DecodeError
 from backend.service import Produced
 from backend.store import LogRow
 
@@ -46,7 +47,7 @@ def json_problem(text: str) -> tuple[Any, str | None]:
         return None, 'Enter a JSON value, e.g. {"orderId": 1, "amount": 9.5}.'
     try:
         return processing.parse_json(text), None
-    except processing.DecodeError as exc:
+    except DecodeError as exc:
         return None, str(exc)
 
 
@@ -55,7 +56,7 @@ def parse_csv(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise processing.DecodeError(f"not valid UTF-8 (byte {exc.start})") from None
+        raise DecodeError(f"not valid UTF-8 (byte {exc.start})") from None
     rows = processing.parse_csv(text)
     return list(rows[0].keys()), rows
 
@@ -86,6 +87,33 @@ def to_csv(header: list[str], rows: list[dict[str, Any]]) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue().encode("utf-8")
+
+
+class PartialSend(Exception):
+    """Sending batches stopped at an error; ``sent`` says where the ones before it landed."""
+
+    def __init__(self, sent: list[Produced], error: Exception) -> None:
+        super().__init__(str(error))
+        self.sent = sent
+        self.error = error
+
+
+def send_batches(
+    produce: Produce, topic: str, chunks: list[bytes], progress: Callable[[int, int], None] | None = None
+) -> list[Produced]:
+    """Send CSV documents as CSV_BATCH records, in order; ``progress(sent, total)`` after each.
+
+    Stops at the first error and raises :class:`PartialSend` with what was sent before it.
+    """
+    sent: list[Produced] = []
+    for chunk in chunks:
+        try:
+            sent.append(produce(topic, chunk, CSV_BATCH, None))
+        except Exception as exc:
+            raise PartialSend(sent, exc) from exc
+        if progress is not None:
+            progress(len(sent), len(chunks))
+    return sent
 
 
 # --- retry -------------------------------------------------------------------------------------

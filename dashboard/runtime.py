@@ -88,8 +88,7 @@ def describe(current: Source) -> str:
     """The one line printed when the backend is ready."""
     settings = current.settings
     if isinstance(current, RemoteSource):
-        store = "its store" if current.store is not None else "REST only (set DATA_DIR for trends)"
-        return f"Dashboard attached to the backend at {settings.backend_url}, reading {store}"
+        return f"Dashboard attached to the backend at {settings.backend_url}, reading it over REST"
     host = settings.gateway_host
     return (
         f"Backend ready: gateway http://{host}:{settings.gateway_port} "

@@ -16,9 +16,7 @@ import streamlit as st
 from dashboard import fmt, runtime
 from dashboard.fmt import ago, duration
 from dashboard.live import LiveFeed
-from dashboard.source import LocalSource, RemoteSource
-
-Source = LocalSource | RemoteSource
+from dashboard.source import Source
 
 SIDEBAR_REFRESH_S = 5.0  # each fragment run is a React render in the browser: keep them rare
 
@@ -66,19 +64,6 @@ def header(title: str, caption: str, refresh: bool = False) -> None:
             width="stretch",
         )
     st.caption(caption)
-
-
-def needs_store(src: Source) -> bool:
-    """Whether this page can run; explains what is missing when it cannot."""
-    if src.store is not None:
-        return True
-    st.info(
-        "This page reads the backend's store directly. The dashboard is attached to "
-        f"{src.settings.backend_url} and cannot open its database: start the dashboard with "
-        "DATA_DIR set to the backend's data directory (same machine) to use it.",
-        icon=":material/database:",
-    )
-    return False
 
 
 # --- sidebar -----------------------------------------------------------------------------------

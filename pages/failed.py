@@ -8,8 +8,7 @@ from collections import deque
 import pandas as pd
 import streamlit as st
 
-from backend import analytics
-from dashboard import fmt, producing, ui
+from dashboard import fmt, retry, ui
 
 RECORDS_SHOWN = 200
 RETRY_LIMIT = 500
@@ -22,11 +21,7 @@ ui.header(
     "records and send them again.",
     refresh=True,
 )
-if not ui.needs_store(src):
-    st.stop()
-store = src.store
-
-groups = analytics.error_groups(store)
+groups = src.error_groups()
 failed_total = sum(g.count for g in groups)
 numbers = st.columns(4)
 numbers[0].metric("Failed records", fmt.count(failed_total))
@@ -95,7 +90,7 @@ if not rows:
     st.stop()
 
 group = groups[rows[0]]
-records = analytics.failed_records(store, group.errors, RECORDS_SHOWN)
+records = src.failed_records(group, RECORDS_SHOWN)
 st.subheader(fmt.plural(group.count, "record"), anchor=False)
 st.code(group.example, language=None, wrap_lines=True)
 
@@ -147,47 +142,20 @@ if group.retriable == 0:
     )
 
 if retry_selected or retry_all:
-    targets = (
-        retriable_selected
-        if retry_selected
-        else [r for r in analytics.failed_records(store, group.errors, RETRY_LIMIT * 4) if r["retriable"]][
-            :RETRY_LIMIT
-        ]
-    )
+    targets = retriable_selected if retry_selected else retry.retriable_records(src, group, RETRY_LIMIT)
     retried = st.session_state.setdefault("retried", deque(maxlen=RETRIED_KEPT))
     progress = st.progress(0.0, text="Sending…")
-    sent, problems = 0, []
-    for number, item in enumerate(targets, start=1):
-        row = store.log(item["log_id"])
-        encoded = producing.retry_payload(row) if row else None
-        if encoded is None:
-            problems.append(f"{item['log_id']}: no stored payload")
-            continue
-        value, data_type = encoded
-        try:
-            produced = src.produce(
-                row.topic, value, data_type, row.record_key.encode() if row.record_key else None
-            )
-        except Exception as exc:
-            problems.append(f"{item['log_id']}: {exc}")
-            continue
-        sent += 1
-        retried.appendleft(
-            {
-                "failed record": f"{row.topic}/{row.partition}@{row.offset}",
-                "sent as": f"{produced.topic}/{produced.partition}@{produced.offset}",
-                "type": data_type,
-                "error was": row.error,
-            }
-        )
-        progress.progress(number / len(targets), text=f"Sent {sent} of {len(targets)}")
+    report = retry.resend(
+        src,
+        targets,
+        lambda number, sent, total: progress.progress(number / total, text=f"Sent {sent} of {total}"),
+    )
+    retried.extendleft(report.resent)
     progress.empty()
-    if sent:
-        st.success(
-            f"Sent {fmt.plural(sent, 'record')} again. Their outcomes appear on the Overview and in the Logs "
-            "explorer."
-        )
-    for problem in problems[:5]:
+    if report.sent:
+        sent = fmt.plural(report.sent, "record")
+        st.success(f"Sent {sent} again. Their outcomes appear on the Overview and in the Logs explorer.")
+    for problem in report.problems[:5]:
         st.warning(fmt.plain(problem))
 
 if st.session_state.get("retried"):

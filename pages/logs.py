@@ -20,10 +20,8 @@ ui.header(
     "Every stored record, newest first. Filter, select a row for its full payload, export what you see.",
     refresh=True,
 )
-reader = src.reader
-
 # --- filters -----------------------------------------------------------------------------------
-topics = reader.topics() if reader is not None else []
+topics = src.topics()
 with st.container(horizontal=True, vertical_alignment="bottom", gap="medium"):
     topic = st.selectbox("Topic", ["All topics", *topics], key="logs_topic", width=260)
     status = st.segmented_control(
@@ -44,7 +42,7 @@ filters = {
     "until_ms": window.until_ms,
     "text": text or None,
 }
-total = reader.count_logs(**filters) if reader is not None else 0
+total = src.count_logs(**filters)
 pages = max(1, -(-total // size))
 if st.session_state.get("logs_page", 1) > pages:  # fewer pages than before: back to the first
     st.session_state["logs_page"] = 1
@@ -53,7 +51,7 @@ with page_slot:
         f"Page (of {pages:,})", min_value=1, max_value=pages, value=1, step=1, key="logs_page", width=160
     )
 page = min(int(page), pages)
-rows = reader.logs(limit=size, offset=(page - 1) * size, **filters) if reader is not None else []
+rows = src.logs(limit=size, offset=(page - 1) * size, **filters)
 
 # --- table -------------------------------------------------------------------------------------
 first = (page - 1) * size + 1 if rows else 0
@@ -114,7 +112,7 @@ if not chosen:
     st.caption("Select a row (the box at its left) to see the record's full detail and payload.")
     st.stop()
 
-record = reader.log(rows[chosen[0]].log_id) or rows[chosen[0]]
+record = src.log(rows[chosen[0]].log_id) or rows[chosen[0]]
 st.subheader(f"{record.topic} · partition {record.partition} · offset {record.offset}", anchor=False)
 meta, body = st.columns([2, 3], gap="large")
 with meta:
@@ -133,9 +131,7 @@ with meta:
 with body:
     st.markdown(f"**Payload** · {record.data_type} · {fmt.plural(record.row_count, 'row')}")
     payload = record.payload
-    if payload is None and src.store is None:
-        st.caption("Payloads are not available over REST: start the dashboard with the backend's DATA_DIR.")
-    elif payload is None:
+    if payload is None:
         st.caption("No payload stored: the record could not be decoded (see the error).")
     elif record.data_type == CSV_BATCH and isinstance(payload, list):
         shown = payload[:DETAIL_ROWS]

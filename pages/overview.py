@@ -7,7 +7,6 @@ import time
 import pandas as pd
 import streamlit as st
 
-from backend import analytics
 from dashboard import charts, fmt, producing, ui
 from dashboard.live_panel import live_panel
 
@@ -33,7 +32,7 @@ def topic_rows() -> list[dict]:
     fresh = cached and cached[0] == feed.outcomes_seen and cached[1] is feed.bus
     if cached and (fresh or time.monotonic() - cached[2] < TOPICS_EVERY_S):
         return cached[3]
-    rows = analytics.topic_summary(src.store) if src.store is not None else []
+    rows = src.topic_summary()
     st.session_state["overview_topics"] = (feed.outcomes_seen, feed.bus, time.monotonic(), rows)
     return rows
 

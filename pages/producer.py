@@ -7,10 +7,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from backend import processing
-from backend.events import CSV_BATCH, SINGLE_MESSAGE
-from backend.service import Produced
+from backend.events import SINGLE_MESSAGE
 from dashboard import fmt, producing, ui
+from dashboard.source import Produced
 
 EXAMPLE = '{\n  "orderId": 1001,\n  "customer": "c-4711",\n  "amount": 129.9,\n  "currency": "EUR"\n}'
 PREVIEW_ROWS = 20
@@ -94,7 +93,7 @@ with csv_tab:
         data = upload.getvalue()
         try:
             header, rows = producing.parse_csv(data)
-        except processing.DecodeError as exc:
+        except producing.DecodeError as exc:
             st.error(f"This file cannot be sent: {fmt.plain(exc)}", icon=":material/table_rows:")
         else:
             chunks = producing.csv_chunks(header, rows, src.settings.max_message_bytes)
@@ -121,15 +120,18 @@ with csv_tab:
                 key="csv_send",
             ):
                 progress = st.progress(0.0, text="Sending…")
-                results = []
                 try:
-                    for number, chunk in enumerate(chunks, start=1):
-                        results.append(src.produce(csv_topic.strip(), chunk, CSV_BATCH))
-                        progress.progress(number / len(chunks), text=f"Sent {number} of {len(chunks)}")
-                except Exception as exc:
+                    results = producing.send_batches(
+                        src.produce,
+                        csv_topic.strip(),
+                        chunks,
+                        lambda sent, total: progress.progress(sent / total, text=f"Sent {sent} of {total}"),
+                    )
+                except producing.PartialSend as exc:
+                    before = fmt.plural(len(exc.sent), "batch", "batches")
                     st.session_state["csv_result"] = (
                         "error",
-                        f"Stopped after {fmt.plural(len(results), 'batch', 'batches')}: {fmt.plain(exc)}",
+                        f"Stopped after {before}: {fmt.plain(exc.error)}",
                     )
                 else:
                     first = results[0]

@@ -7,7 +7,6 @@ import re
 import pandas as pd
 import streamlit as st
 
-from backend import analytics
 from dashboard import charts, fmt, ui
 
 MIN_BARS = 20
@@ -18,18 +17,12 @@ ui.header(
     "How traffic, failures, latency and payload values change over time. Every chart has its data as CSV.",
     refresh=True,
 )
-if not ui.needs_store(src):
-    st.stop()
-store = src.store
-
 with st.container(horizontal=True, vertical_alignment="bottom", gap="medium"):
     window = ui.time_range("trends_range", default="1 hour")
     chosen_bucket = ui.bucket_picker("trends_bucket")
-    topics = st.multiselect(
-        "Topics", store.topics(), key="trends_topics", placeholder="All topics", width=320
-    )
+    topics = st.multiselect("Topics", src.topics(), key="trends_topics", placeholder="All topics", width=320)
 
-first_ms, last_ms = analytics.time_bounds(store)
+first_ms, last_ms = src.time_bounds()
 if first_ms is None:
     st.info(
         "Nothing stored yet. Start the demo traffic on the Producer page to see trends.",
@@ -71,7 +64,7 @@ def section(title: str, caption: str) -> None:
     st.caption(caption)
 
 
-volume = analytics.volume(store, bucket, **scope)
+volume = src.volume(bucket, **scope)
 total = sum(row["messages"] for row in volume)
 st.caption(
     f"**{fmt.count(total)}** records in {window.label}"
@@ -94,7 +87,7 @@ with row1[1]:
 
 row2 = st.columns(2, gap="large")
 with row2[0]:
-    rate = analytics.failure_rate(store, bucket, **scope)
+    rate = src.failure_rate(bucket, **scope)
     failed = sum(row["failed"] or 0 for row in rate)
     overall = fmt.percent(failed / total if total else None)
     section("Failure rate", f"Share of records that failed per bucket · {overall} overall.")
@@ -112,7 +105,7 @@ with row2[1]:
         required=True,
         label_visibility="collapsed",
     )
-    latency = analytics.latency(store, bucket, kind=kind or "processing", **scope)
+    latency = src.latency(bucket, kind=kind or "processing", **scope)
     if latency:
         st.altair_chart(charts.latency(latency, domain), width="stretch")
     else:
@@ -122,7 +115,7 @@ with row2[1]:
 row3 = st.columns(2, gap="large")
 with row3[0]:
     section("Top errors", "The most frequent failure reasons in this range.")
-    errors = analytics.top_errors(store, 15, **scope)
+    errors = src.top_errors(15, **scope)
     if errors:
         frame = pd.DataFrame.from_records(errors)
         frame["last"] = frame["last_ms"].map(fmt.local_time)
@@ -142,7 +135,7 @@ with row3[0]:
     download(errors, "top-errors", "dl_errors")
 with row3[1]:
     section("Payload field", "Any numeric field of the JSON messages or CSV rows, aggregated per bucket.")
-    fields = analytics.numeric_fields(store, **scope)
+    fields = src.numeric_fields(**scope)
     if not fields:
         st.caption("No numeric payload fields in this range.")
     else:
@@ -158,7 +151,7 @@ with row3[1]:
             aggregate = st.segmented_control(
                 "Aggregate", ["sum", "mean", "max"], default="sum", key="trends_aggregate", required=True
             )
-        series = analytics.field_series(store, field, bucket, **scope)
+        series = src.field_series(field, bucket, **scope)
         st.altair_chart(
             charts.field_series(series, field, aggregate or "sum", bucket, domain), width="stretch"
         )

@@ -1,5 +1,6 @@
 """The pieces behind the dashboard's pages, without Streamlit: analytics over a known store, the
 live feed that follows the bus, and the producing helpers (retry, CSV batches, demo traffic).
+The same reads attached over REST: test_remote_source.py.
 
 The live-feed tests use a backend on the embedded broker (Tansu), without HTTP servers or
 consumers: they publish on its bus themselves and read its store.
@@ -18,9 +19,9 @@ from backend import analytics, events
 from backend.events import CSV_BATCH, FAILED, PROCESSED, SINGLE_MESSAGE
 from backend.service import Backend
 from backend.store import Store
-from dashboard import producing
+from dashboard import producing, retry
 from dashboard.live import LiveFeed
-from dashboard.source import LocalSource
+from dashboard.source import LocalSource, Produced
 from tests.support import backend_settings, start_backend, stored_rows, wait_for
 
 
@@ -161,3 +162,60 @@ def test_demo_traffic_is_bounded_and_stoppable() -> None:
         if t == SINGLE_MESSAGE and b'"customer"' in v  # a good order, not one of the bad kinds
     ]
     assert good and all(isinstance(g["amount"], float) for g in good)
+
+
+class FakeSource:
+    """The two Source methods a retry uses, over stored rows; the first produce fails."""
+
+    def __init__(self, rows: list) -> None:
+        self.rows = {row.log_id: row for row in rows}
+        self.sent: list[tuple[str, bytes, str, bytes | None]] = []
+        self.calls = 0
+
+    def log(self, log_id: str) -> object:
+        return self.rows.get(log_id)
+
+    def produce(self, topic: str, value: bytes, data_type: str, key: bytes | None = None) -> Produced:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("broker down")
+        self.sent.append((topic, value, data_type, key))
+        return Produced(topic, 0, len(self.sent))
+
+
+def test_a_retry_resends_what_can_be_and_says_why_not_the_rest() -> None:
+    rows = [r for r in stored_rows(int(time.time() * 1000)) if r.status == FAILED]
+    source = FakeSource(rows)
+    records = [{"log_id": r.log_id} for r in rows] + [{"log_id": "gone"}]
+    seen: list[tuple[int, int, int]] = []
+    report = retry.resend(source, records, lambda *progress: seen.append(progress))  # type: ignore[arg-type]
+    sendable = [r for r in rows if r.payload is not None][1:]  # the first one met the broker down
+    assert report.sent == len(sendable) == len(source.sent) == len(report.resent) > 0
+    assert [s[0] for s in source.sent] == [r.topic for r in sendable]
+    assert [s[3] for s in source.sent] == [r.record_key.encode() if r.record_key else None for r in sendable]
+    assert len(report.problems) == len(records) - len(sendable)
+    assert any("no stored payload" in p for p in report.problems)
+    assert any("broker down" in p for p in report.problems)
+    assert seen[-1][1:] == (report.sent, len(records))
+    assert (
+        report.resent[0]["failed record"]
+        == f"{sendable[0].topic}/{sendable[0].partition}@{sendable[0].offset}"
+    )
+
+
+def test_csv_batches_are_sent_in_order_and_stop_at_the_first_error() -> None:
+    sent: list[bytes] = []
+
+    def produce(topic: str, value: bytes, data_type: str, key: bytes | None) -> Produced:
+        if value == b"bad":
+            raise RuntimeError("too large")
+        sent.append(value)
+        return Produced(topic, 0, len(sent))
+
+    progress: list[tuple[int, int]] = []
+    results = producing.send_batches(produce, "t", [b"a", b"b"], lambda *p: progress.append(p))
+    assert [r.offset for r in results] == [1, 2] and progress == [(1, 2), (2, 2)]
+    with pytest.raises(producing.PartialSend) as stopped:
+        producing.send_batches(produce, "t", [b"c", b"bad", b"d"])
+    assert [r.offset for r in stopped.value.sent] == [3] and str(stopped.value.error) == "too large"
+    assert sent == [b"a", b"b", b"c"]

@@ -25,6 +25,7 @@ from backend import events
 from backend.config import Settings
 from backend.events import FAILED, SINGLE_MESSAGE
 from backend.service import Backend
+from backend.store import Store
 from dashboard import runtime
 from dashboard.source import LocalSource, RemoteSource
 from tests.support import ServedBackend, free_port, stored_rows, wait_for
@@ -173,10 +174,19 @@ def served_settings() -> dict[str, Any]:
     return {"bootstrap_servers": None, "consumer_count": 2}
 
 
+@pytest.fixture(scope="module")
+def filled(served: ServedBackend) -> ServedBackend:
+    """The served backend with stored records of every kind: what the analytics pages draw."""
+    assert served.backend.store is not None
+    served.backend.store.save(stored_rows(int(time.time() * 1000)))
+    return served
+
+
 @pytest.mark.parametrize("shares_data_dir", [True, False], ids=["same-data-dir", "rest-only"])
 def test_pages_render_attached_to_a_running_backend(
-    backend: Backend, served: ServedBackend, tmp_path: Path, shares_data_dir: bool
+    backend: Backend, filled: ServedBackend, tmp_path: Path, shares_data_dir: bool
 ) -> None:
+    served = filled
     settings = Settings(
         backend_url=f"http://127.0.0.1:{served.settings.gateway_port}",
         producer_port=served.settings.producer_port,
@@ -185,7 +195,9 @@ def test_pages_render_attached_to_a_running_backend(
     remote = RemoteSource(settings).start()
     runtime.install(remote)
     try:
-        assert (remote.store is not None) == shares_data_dir
+        # Attached, the dashboard reads everything over REST: it never opens the SQLite file, even
+        # when it could (same DATA_DIR), so a backend on another machine serves every page.
+        assert not [name for name, value in vars(remote).items() if isinstance(value, Store)]
         wait_for(lambda: remote.connected, 10, "the /ws mirror to connect")
         produced = remote.produce("attached", json.dumps({"amount": 2}).encode(), SINGLE_MESSAGE)
         assert produced.topic == "attached"
@@ -202,6 +214,17 @@ def test_pages_render_attached_to_a_running_backend(
             assert not problems(app), (page, problems(app))
         logs = render("pages/logs.py")
         assert any(" matching record" in c.value and "**0**" not in c.value for c in logs.caption)
+        failed = render("pages/failed.py")
+        metrics = {m.label: m.value for m in failed.metric}
+        assert (metrics["Failed records"], metrics["Kinds of error"], metrics["Can be retried"]) == (
+            "20",
+            "2",
+            "10",
+        )
+        trends = render("pages/trends.py")
+        trends.segmented_control(key="trends_range").set_value("All").run()
+        assert not problems(trends)
+        assert "amount" in str(trends.selectbox(key="trends_field").options)
     finally:
         remote.close()
         runtime.install(LocalSource(backend))

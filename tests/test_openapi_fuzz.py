@@ -69,6 +69,30 @@ START_CONSUMER_EXAMPLES = 5
 REQUEST_TIMEOUT = 10.0
 FUZZ_TOPICS = (unique("fuzz-a"), unique("fuzz-b"))
 
+#: The analytics API (backend/analytics_api.py), part of the gateway's document.
+ANALYTICS_WITHOUT_PARAMETERS = {
+    "GET /api/analytics/bounds",
+    "GET /api/analytics/failed/groups",
+    "GET /api/analytics/topic-names",
+}
+ANALYTICS_WITH_PARAMETERS = {
+    "GET /api/analytics/throughput",
+    "GET /api/analytics/volume",
+    "GET /api/analytics/failure-rate",
+    "GET /api/analytics/latency",
+    "GET /api/analytics/top-errors",
+    "GET /api/analytics/topics",
+    "GET /api/analytics/fields",
+    "GET /api/analytics/field-series",
+    "GET /api/analytics/failed/records",
+    "GET /api/analytics/logs",
+    "GET /api/analytics/logs/count",
+}
+ANALYTICS_OPERATIONS = {
+    *ANALYTICS_WITHOUT_PARAMETERS,
+    *ANALYTICS_WITH_PARAMETERS,
+    "GET /api/consumers/logs/{logId}",
+}
 GATEWAY_OPERATIONS = {
     "GET /api/health",
     "GET /api/consumers/statistics",
@@ -76,6 +100,7 @@ GATEWAY_OPERATIONS = {
     "GET /api/consumers",
     "POST /api/consumers",
     "DELETE /api/consumers/{consumerId}",
+    *ANALYTICS_OPERATIONS,
 }
 PRODUCER_OPERATIONS = {"POST /api/producers/send/single", "POST /api/producers/send/csv"}
 
@@ -161,6 +186,9 @@ DOCUMENTED_STATUSES = {
     "DELETE /api/consumers/{consumerId}": {"200", "401", "403", "404"},
     "POST /api/producers/send/single": {"201", "400", "401", "403", "413", "503"},
     "POST /api/producers/send/csv": {"201", "400", "401", "403", "413", "503"},
+    **{label: {"200", "401", "403", "503"} for label in ANALYTICS_WITHOUT_PARAMETERS},
+    **{label: {"200", "400", "401", "403", "503"} for label in ANALYTICS_WITH_PARAMETERS},
+    "GET /api/consumers/logs/{logId}": {"200", "400", "401", "403", "404", "503"},
 }
 
 

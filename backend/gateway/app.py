@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import socketio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend import events
+from backend.analytics_api import analytics_router
 from backend.config import TOPIC_NAME_PATTERN, is_valid_topic
 from backend.gateway import transport
 from backend.gateway.clients import Gateway
@@ -32,76 +32,19 @@ from backend.gateway.http_policy import (
     require_token,
 )
 from backend.gateway.transport import MAX_INBOUND_BYTES
+from backend.wire import (
+    ConsumerBody,
+    HealthBody,
+    LogBody,
+    StartedConsumerBody,
+    StatisticsBody,
+    StoppedConsumerBody,
+)
 
-# --- REST schemas ------------------------------------------------------------------------------
+# --- REST query parameters -------------------------------------------------------------------
 
-# The REST answers as documented: the routes return plain dicts (``response_model=None``), these
-# models only describe them in the OpenAPI document (``responses=``) and change no answer.
-
-ISO_MS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
-Timestamp = Annotated[str, Field(pattern=ISO_MS_PATTERN, description="ISO-8601 UTC with milliseconds and Z")]
-Offset = Annotated[str, Field(pattern=r"^\d+$", description="The Kafka offset, as a string")]
-Count = Annotated[int, Field(ge=0)]
-
-
-class HealthBody(BaseModel):
-    status: Literal["ok", "unavailable"]
-    reason: str | None = Field(description="Why the backend is not ready; null when it is")
-    broker: str = Field(description="The bootstrap servers")
-    brokerReachable: bool  # noqa: N815 - the API's field names
-    timestamp: Timestamp
-    gatewayClients: Count  # noqa: N815
-
-
-class StatisticsBody(BaseModel):
-    """The fields of the stats-updated event."""
-
-    totalMessages: Count  # noqa: N815
-    processedMessages: Count  # noqa: N815
-    failedMessages: Count  # noqa: N815
-    activeConsumers: Count  # noqa: N815
-    timestamp: Timestamp
-
-
-class LogBody(BaseModel):
-    """One Kafka record and its outcome."""
-
-    logId: str  # noqa: N815
-    topic: str
-    partition: Count
-    offset: Offset
-    dataType: Literal["SINGLE_MESSAGE", "CSV_BATCH"]  # noqa: N815
-    rowCount: Count  # noqa: N815
-    status: Literal["RECEIVED", "PROCESSING", "PROCESSED", "FAILED"]
-    consumerId: str | None  # noqa: N815
-    error: str | None
-    receivedAt: Timestamp  # noqa: N815
-    startedAt: Timestamp | None  # noqa: N815
-    completedAt: Timestamp | None  # noqa: N815
-    producedAt: Timestamp | None  # noqa: N815
-    key: str | None
-    sizeBytes: Count | None  # noqa: N815
-
-
-class ConsumerBody(BaseModel):
-    consumerId: str  # noqa: N815
-    status: Literal["ACTIVE", "INACTIVE"]
-    partitions: list[str] = Field(description='Assigned partitions as "topic-partition"')
-    lag: dict[str, Count | None] = Field(description="Records behind, per assigned partition (null: unknown)")
-    processedMessages: Count  # noqa: N815
-    failedMessages: Count  # noqa: N815
-    startedAt: Timestamp | None  # noqa: N815
-    lastError: str | None  # noqa: N815
-
-
-class StartedConsumerBody(BaseModel):
-    consumerId: str  # noqa: N815
-
-
-class StoppedConsumerBody(BaseModel):
-    consumerId: str  # noqa: N815
-    status: Literal["INACTIVE"]
-
+# The REST answers as documented: the routes return plain dicts (``response_model=None``); the
+# models of backend/wire.py only describe them in the OpenAPI document and change no answer.
 
 LogStatus = Annotated[
     str | None,
@@ -256,6 +199,12 @@ def create_gateway_app(backend: Any) -> ASGIApp:
     api.state.backend = backend
     api.state.gateway = gateway
     api.include_router(router, dependencies=[Security(require_token(backend.settings))])
+    api.include_router(
+        analytics_router(lambda: backend.store),
+        prefix="/api",
+        dependencies=[Security(require_token(backend.settings))],
+        responses=UNAUTHORIZED_DOC,
+    )
     api.add_api_websocket_route("/ws", gateway.serve_ws, name="plain_websocket")
     app = OversizedPollingGuard(socketio.ASGIApp(gateway.sio, other_asgi_app=api))
     app.gateway = gateway  # for tests and embedding

@@ -19,12 +19,12 @@ from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.config import Settings
+from backend.wire import ErrorBody
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +114,6 @@ def bearer_token(authorization: str | None) -> str | None:
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """Every error of both APIs: ``{"error": "<why>"}``."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-class ErrorBody(BaseModel):
-    """The body of every error answer of both APIs (see :func:`error_response`)."""
-
-    error: str = Field(description="Why the request was refused, for people to read (not to be parsed).")
 
 
 def error_doc(description: str, **extra: Any) -> dict[str, Any]:

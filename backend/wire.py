@@ -1,0 +1,362 @@
+"""Every REST body of both APIs, defined once: how it is built, documented and parsed.
+
+Each shape is a Pydantic model. The models are the OpenAPI response models of
+the routes (gateway, producer API, analytics API), and the dashboard attached
+to a backend elsewhere parses the answers with them (:func:`parse`), so what
+is sent, what is documented and what is read cannot drift apart.
+
+Building stays cheap: the hot path (a log body for every event) does not
+instantiate models. The ``*_body`` functions below build the plain dicts the
+routes return, with exactly the fields of their model; tests check the two
+agree (tests/test_wire.py).
+
+The contract's bodies (log, consumer, statistics, health, produced, error)
+keep the contract's camelCase attribute names. The analytics bodies are new:
+their attributes are the snake_case keys of the rows ``backend.analytics``
+returns, sent as camelCase aliases (``first_ms`` travels as ``firstMs``), so
+a parsed row dumps back to exactly the dict the local query gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+from backend.events import iso_from_ms, now_iso
+
+ISO_MS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+Timestamp = Annotated[str, Field(pattern=ISO_MS_PATTERN, description="ISO-8601 UTC with milliseconds and Z")]
+Offset = Annotated[str, Field(pattern=r"^\d+$", description="The Kafka offset, as a string")]
+Count = Annotated[int, Field(ge=0)]
+EpochMs = Annotated[int, Field(description="Epoch milliseconds (UTC)")]
+
+# --- the contract's bodies -----------------------------------------------------------------------
+# A model's docstring and field descriptions are its OpenAPI description: change them knowingly.
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer of both APIs (see :func:`error_response`)."""
+
+    error: str = Field(description="Why the request was refused, for people to read (not to be parsed).")
+
+
+def error_body(message: str) -> dict[str, str]:
+    return {"error": message}
+
+
+class HealthBody(BaseModel):
+    status: Literal["ok", "unavailable"]
+    reason: str | None = Field(description="Why the backend is not ready; null when it is")
+    broker: str = Field(description="The bootstrap servers")
+    brokerReachable: bool  # noqa: N815 - the API's field names
+    timestamp: Timestamp
+    gatewayClients: Count  # noqa: N815
+
+
+def health_body(ok: bool, reason: str | None, broker: str, broker_reachable: bool) -> dict[str, Any]:
+    """A :class:`HealthBody` without ``gatewayClients``, which only the gateway knows and adds."""
+    return {
+        "status": "ok" if ok else "unavailable",
+        "reason": reason,
+        "broker": broker,
+        "brokerReachable": broker_reachable,
+        "timestamp": now_iso(),
+    }
+
+
+# Built by backend.events.stats_updated: the REST body is the event's payload.
+class StatisticsBody(BaseModel):
+    """The fields of the stats-updated event."""
+
+    totalMessages: Count  # noqa: N815
+    processedMessages: Count  # noqa: N815
+    failedMessages: Count  # noqa: N815
+    activeConsumers: Count  # noqa: N815
+    timestamp: Timestamp
+
+
+class LogBody(BaseModel):
+    """One Kafka record and its outcome."""
+
+    logId: str  # noqa: N815
+    topic: str
+    partition: Count
+    offset: Offset
+    dataType: Literal["SINGLE_MESSAGE", "CSV_BATCH"]  # noqa: N815
+    rowCount: Count  # noqa: N815
+    status: Literal["RECEIVED", "PROCESSING", "PROCESSED", "FAILED"]
+    consumerId: str | None  # noqa: N815
+    error: str | None
+    receivedAt: Timestamp  # noqa: N815
+    startedAt: Timestamp | None  # noqa: N815
+    completedAt: Timestamp | None  # noqa: N815
+    producedAt: Timestamp | None  # noqa: N815
+    key: str | None
+    sizeBytes: Count | None  # noqa: N815
+
+
+class LogDetailBody(LogBody):
+    """One Kafka record, its outcome, the payload the consumer decoded and the processor's result."""
+
+    payload: Any = Field(description="The decoded payload (JSON value; a CSV batch is an array of rows)")
+    result: Any = Field(description="What the processor returned, when it returned something")
+
+
+def log_body(
+    log_id: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    data_type: str,
+    row_count: int,
+    status: str,
+    consumer_id: str | None,
+    error: str | None,
+    received_ms: int,
+    started_ms: int | None,
+    completed_ms: int | None,
+    produced_ms: int | None,
+    key: str | None,
+    size_bytes: int | None,
+) -> dict[str, Any]:
+    """A :class:`LogBody` as a plain dict: called for every record, so no model is built."""
+    return {
+        "logId": log_id,
+        "topic": topic,
+        "partition": partition,
+        "offset": str(offset),
+        "dataType": data_type,
+        "rowCount": row_count,
+        "status": status,
+        "consumerId": consumer_id,
+        "error": error,
+        "receivedAt": iso_from_ms(received_ms),
+        "startedAt": iso_from_ms(started_ms) if started_ms else None,
+        "completedAt": iso_from_ms(completed_ms) if completed_ms else None,
+        "producedAt": iso_from_ms(produced_ms) if produced_ms else None,
+        "key": key,
+        "sizeBytes": size_bytes,
+    }
+
+
+class ConsumerBody(BaseModel):
+    consumerId: str  # noqa: N815
+    status: Literal["ACTIVE", "INACTIVE"]
+    partitions: list[str] = Field(description='Assigned partitions as "topic-partition"')
+    lag: dict[str, Count | None] = Field(description="Records behind, per assigned partition (null: unknown)")
+    processedMessages: Count  # noqa: N815
+    failedMessages: Count  # noqa: N815
+    startedAt: Timestamp | None  # noqa: N815
+    lastError: str | None  # noqa: N815
+
+
+def partition_sort_key(name: str) -> tuple[str, int]:
+    """ "orders-10" after "orders-9": by topic, then by partition number."""
+    topic, _, number = name.rpartition("-")
+    return topic, int(number) if number.isdigit() else -1
+
+
+def consumer_body(
+    consumer_id: str,
+    status: str,
+    lags: dict[str, int | None],
+    processed: int,
+    failed: int,
+    started_at: str | None,
+    last_error: str | None,
+) -> dict[str, Any]:
+    """A :class:`ConsumerBody` from a consumer's state (``lags``: lag per assigned partition)."""
+    return {
+        "consumerId": consumer_id,
+        "status": status,
+        "partitions": sorted(lags, key=partition_sort_key),
+        "lag": dict(sorted(lags.items())),
+        "processedMessages": processed,
+        "failedMessages": failed,
+        "startedAt": started_at,
+        "lastError": last_error,
+    }
+
+
+class StartedConsumerBody(BaseModel):
+    consumerId: str  # noqa: N815
+
+
+class StoppedConsumerBody(BaseModel):
+    consumerId: str  # noqa: N815
+    status: Literal["INACTIVE"]
+
+
+class ProducedBody(BaseModel):
+    """Where the record landed."""
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: str = Field(pattern=r"^\d+$", description="The Kafka offset, as a string")
+
+
+class ProducedCsvBody(ProducedBody):
+    rowCount: int = Field(ge=1, description="Data rows (the header excluded)")  # noqa: N815 - the API's name
+
+
+def produced_body(topic: str, partition: int, offset: int) -> dict[str, Any]:
+    return {"topic": topic, "partition": partition, "offset": str(offset)}
+
+
+# --- the analytics bodies (backend/analytics_api.py) ---------------------------------------------
+
+
+class Row(BaseModel):
+    """An analytics row: snake_case attributes (the query's keys), camelCase on the wire."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+class TimeBoundsBody(Row):
+    """The received time of the oldest and of the newest stored record (null: nothing stored)."""
+
+    first_ms: EpochMs | None
+    last_ms: EpochMs | None
+
+
+class ThroughputRow(Row):
+    """Outcomes completed in one bucket with one status."""
+
+    bucket: EpochMs = Field(description="Start of the bucket")
+    status: str
+    count: Count
+
+
+class VolumeRow(Row):
+    """Records received in one bucket, on one topic, with one status."""
+
+    bucket: EpochMs
+    topic: str
+    status: str
+    messages: Count
+    rows: Count | None = Field(description="Data rows (a CSV batch counts its rows)")
+
+
+class FailureRateRow(Row):
+    bucket: EpochMs
+    total: Count
+    failed: Count | None
+    rate: float | None = Field(description="failed / total, 0..1")
+
+
+class LatencyRow(Row):
+    """Latency percentiles (nearest rank) of the records received in one bucket, in ms."""
+
+    bucket: EpochMs
+    count: Count
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    max: float | None
+
+
+class TopErrorRow(Row):
+    """One exact error text and how often it occurred."""
+
+    error: str | None
+    count: Count
+    topics: str | None = Field(description="The topics it occurred on, comma-separated")
+    first_ms: EpochMs | None
+    last_ms: EpochMs | None
+
+
+class TopicSummaryRow(Row):
+    topic: str
+    total: Count
+    processed: Count | None
+    failed: Count | None
+    rows: Count | None
+    last_ms: EpochMs | None
+
+
+class FieldCountRow(Row):
+    """A numeric top-level payload field and how many values of it were found."""
+
+    field: str
+    count: Count
+
+
+class FieldSeriesRow(Row):
+    """One numeric payload field aggregated over the records received in one bucket."""
+
+    bucket: EpochMs
+    count: Count
+    sum: float | None
+    mean: float | None
+    min: float | None
+    max: float | None
+
+
+class ErrorGroupBody(Row):
+    """Failed records whose errors differ only in particulars (numbers, quoted values)."""
+
+    pattern: str = Field(description="The error with numbers as # and quoted values as '…'")
+    count: Count
+    retriable: Count = Field(description="Records whose decoded payload is stored (a retry can send them)")
+    first_ms: EpochMs | None
+    last_ms: EpochMs | None
+    topics: list[str]
+    errors: list[str | None] = Field(description="The exact error texts of the group")
+    example: str
+
+
+class FailedRecordRow(Row):
+    """A failed record, without its payload (see GET /api/consumers/logs/{logId})."""
+
+    log_id: str
+    topic: str
+    partition: Count
+    offset: Count
+    data_type: str
+    row_count: Count
+    consumer_id: str | None
+    error: str | None
+    received_ms: EpochMs
+    retriable: bool
+
+
+class LogCountBody(Row):
+    count: Count
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@cache
+def _adapter(shape: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(shape)
+
+
+def parse(model: type[M], data: Any) -> M:
+    """A REST answer (decoded JSON) as its model; raises pydantic.ValidationError when it is not one."""
+    return _adapter(model).validate_python(data)
+
+
+def parse_list(model: type[M], data: Any) -> list[M]:
+    return _adapter(list[model]).validate_python(data)  # type: ignore[valid-type]
+
+
+def parse_names(data: Any) -> list[str]:
+    """A list of names (topics) from a REST answer."""
+    return _adapter(list[str]).validate_python(data)
+
+
+def rows(model: type[Row], data: Any) -> list[dict[str, Any]]:
+    """Analytics rows from a REST answer, as the dicts the local query returns."""
+    return [item.model_dump(by_alias=False) for item in parse_list(model, data)]
+
+
+def dump_rows(model: type[Row], items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Analytics rows (snake_case dicts) as their wire form (camelCase), validated."""
+    return [model.model_validate(item).model_dump(mode="json") for item in items]
