@@ -20,6 +20,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, compress
 from typing import Any
 
 from backend.config import Settings
@@ -209,17 +210,27 @@ def _check_depth(text: str, payload: Any, limit: int) -> None:
 
 
 def json_depth(value: Any, stop_after: int) -> int:
-    """Nesting depth of decoded JSON (a scalar is 0), counted no further than ``stop_after`` + 1."""
-    deepest = 0
-    stack = [(value, 1)] if isinstance(value, dict | list) else []
-    while stack:
-        container, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > stop_after:
-            return deepest
-        children = container.values() if isinstance(container, dict) else container
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
+    """Nesting depth of decoded JSON (a scalar is 0), counted no further than ``stop_after`` + 1.
+
+    Level by level with C-level iterators only (``map``/``compress``/``chain``): a Python loop
+    over every container cost ~1 us each, 4x the decoding of an array of small objects.
+    """
+    depth = 0
+    level: list[Any] = [value]
+    while depth <= stop_after:
+        types = list(map(type, level))
+        dicts = compress(level, map(_IS_DICT, types))
+        lists = compress(level, map(_IS_LIST, types))
+        level = list(chain(chain.from_iterable(map(dict.values, dicts)), chain.from_iterable(lists)))
+        if not any(map(_IS_CONTAINER, types)):
+            return depth
+        depth += 1
+    return depth
+
+
+_IS_DICT = frozenset({dict}).__contains__
+_IS_LIST = frozenset({list}).__contains__
+_IS_CONTAINER = frozenset({dict, list}).__contains__
 
 
 def _reject_constant(name: str) -> Any:
