@@ -173,7 +173,7 @@ class Pipeline:
                 first = self._announced.get(log_id)
                 if first is None:
                     first = self._announced[log_id] = received.now_ms
-                    received.new.append(log_id)
+                    received.new.add(log_id)
                 received.times[log_id] = first
         return received
 
@@ -241,12 +241,18 @@ class _Received:
 
     now_ms: int
     times: dict[str, int] = dataclasses.field(default_factory=dict)
-    new: list[str] = dataclasses.field(default_factory=list)
+    new: set[str] = dataclasses.field(default_factory=set)
 
 
 def as_save_result(answer: SaveAnswer) -> SaveResult:
     """A store's answer for one row as a :class:`SaveResult` (a bare bool: inserted or not)."""
-    return answer if isinstance(answer, SaveResult) else SaveResult(inserted=bool(answer))
+    if isinstance(answer, SaveResult):
+        return answer
+    return _INSERTED if answer else _DUPLICATE
+
+
+_INSERTED = SaveResult(inserted=True)
+_DUPLICATE = SaveResult(inserted=False)
 
 
 def failed_row(row: LogRow, error: str) -> LogRow:
