@@ -16,6 +16,10 @@ from pathlib import Path
 DEFAULT_TOPIC_PATTERN = r"^(?!_)(?!.*\.DLQ$).+$"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+#: A stored row's JSON may be this many characters per byte of MAX_MESSAGE_BYTES (16 MiB by default).
+DECODED_PER_MESSAGE_BYTE = 16
+#: At most 4 bytes a character, this stays under SQLite's 1,000,000,000-byte limit for one value.
+MAX_DECODED_CHARS = 200_000_000
 
 
 class ConfigError(ValueError):
@@ -46,6 +50,19 @@ class Settings:
     max_message_bytes: int = 1_048_576
     topic_partitions: int = 3
     processor: str | None = None
+    # What one record may become (see backend.processing.Limits for why these defaults).
+    max_decoded_chars: int | None = None  # None: DECODED_PER_MESSAGE_BYTE x max_message_bytes
+    max_csv_columns: int = 1_000
+    max_column_name_chars: int = 256
+    max_csv_rows: int = 100_000
+    max_json_depth: int = 64
+
+    @property
+    def decoded_limit(self) -> int:
+        """MAX_DECODED_CHARS, by default 16 characters of JSON per byte of the largest message."""
+        if self.max_decoded_chars is not None:
+            return self.max_decoded_chars
+        return min(DECODED_PER_MESSAGE_BYTE * self.max_message_bytes, MAX_DECODED_CHARS)
 
     @property
     def embedded(self) -> bool:
@@ -99,6 +116,11 @@ class Settings:
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, 1, 100 * 1_048_576),
             topic_partitions=_int(env, "TOPIC_PARTITIONS", 3, 1, 1000),
             processor=_processor(env.get("PROCESSOR", "").strip()),
+            max_decoded_chars=_optional_int(env, "MAX_DECODED_CHARS", 1_024, MAX_DECODED_CHARS),
+            max_csv_columns=_int(env, "MAX_CSV_COLUMNS", 1_000, 1, 100_000),
+            max_column_name_chars=_int(env, "MAX_COLUMN_NAME_CHARS", 256, 1, 100_000),
+            max_csv_rows=_int(env, "MAX_CSV_ROWS", 100_000, 1, 100_000_000),
+            max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, 1, 500),
         )
 
 
@@ -117,6 +139,11 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
     return value
+
+
+def _optional_int(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    """Like :func:`_int`, None when unset (the default is derived from another setting)."""
+    return _int(env, name, 0, low, high) if env.get(name, "").strip() else None
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:

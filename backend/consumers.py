@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_MS = 100
 MAX_POLL_RECORDS = 500
+#: A batch that could not be stored is read again after this wait, doubled per failure up to the
+#: maximum: a store that cannot write (disk full) costs no CPU, and 5 s keeps the poll loop well
+#: inside ``max_poll_interval_ms`` (10 s), so the consumer keeps its partitions meanwhile.
+STORE_RETRY_FIRST_S = 0.5
+STORE_RETRY_MAX_S = 5.0
 
 
 def consumer_options(settings: Settings) -> dict[str, Any]:
@@ -144,6 +149,8 @@ class ConsumerWorker(threading.Thread):
         self._desired: frozenset[TopicPartition] | None = None
         self._applied = threading.Event()
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._retry_s = 0.0  # the wait before reading an unstored batch again; 0 while storing works
+        self._store_error: str | None = None  # the last store error logged, to log each one once
 
     def stop(self) -> None:
         """Ask the loop to finish its batch and leave the group."""
@@ -233,16 +240,33 @@ class ConsumerWorker(threading.Thread):
             self._update_positions(consumer)
 
     def _handle_or_rewind(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Handle a batch; if storing fails (disk full, locked database), rewind and try again later."""
+        """Handle a batch; if storing fails (disk full, I/O error), rewind, wait and read it again.
+
+        The pipeline does not announce the records again, the partitions stay ours, and the wait
+        grows (0.5 s doubling to 5 s) until a batch is stored again.
+        """
         try:
             self._handle(consumer, batch)
         except Exception as exc:
-            self._fail(f"batch not stored, will retry: {exc}")
-            self.pipeline.release(record for records in batch.values() for record in records)
+            self._store_failed(exc)
             for tp, records in batch.items():
                 if records:
                     consumer.seek(tp, records[0].offset)
-            self._stopping.wait(1.0)
+            self._stopping.wait(self._retry_s)
+            return
+        if self._retry_s:
+            log.warning("%s: storing works again; batches are being stored", self.consumer_id)
+            self._retry_s, self._store_error = 0.0, None
+
+    def _store_failed(self, exc: Exception) -> None:
+        """Note a batch that was not stored: logged once per distinct error, not once per retry."""
+        message = f"batch not stored, will retry: {type(exc).__name__}: {exc}"
+        if message != self._store_error:
+            log.error("%s: %s", self.consumer_id, message, exc_info=log.isEnabledFor(logging.DEBUG))
+            self._store_error = message
+        with self._lock:
+            self.snapshot.last_error = message
+        self._retry_s = min(max(self._retry_s * 2, STORE_RETRY_FIRST_S), STORE_RETRY_MAX_S)
 
     def _apply_assignment(self, consumer: KafkaConsumer) -> bool:
         """Take the partitions the pool gave us (between batches); whether we hold any."""

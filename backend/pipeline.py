@@ -13,12 +13,19 @@ into the consumer pool.
 Per record the events go out in the contract's order: ``message-received``, ``processing-started``,
 then exactly one of ``processing-completed`` / ``processing-failed``, the last only for rows that
 were new to the store.
+
+Whatever happens, a record is announced once: a batch that could not be stored is delivered again
+and its records processed again, but the pipeline remembers which records it announced and not
+yet stored, and announces only the others. A row the store refuses (too big for it, say) is
+replaced by a small FAILED row for the same record, so one record never holds back the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,8 +40,24 @@ Publish = Callable[[EventItems], object]
 Decoded = tuple[Any, str, dict[str, str], processing.Outcome]
 
 
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What the store did with one row: ``inserted`` (False: stored before), or ``refused`` and why."""
+
+    inserted: bool
+    refused: str | None = None
+
+
+#: Per row, what ``save`` answers: a :class:`SaveResult`, or (older stores) whether it was new.
+SaveAnswer = SaveResult | bool
+
+
 class OutcomeSink(Protocol):
-    """Where outcomes are kept: the part of :class:`backend.store.Store` the pipeline uses."""
+    """Where outcomes are kept: the part of :class:`backend.store.Store` the pipeline uses.
+
+    ``save`` raises when the store as a whole cannot write (disk full, I/O error); the batch is
+    then delivered again later. A row it cannot keep on its own is answered ``refused``.
+    """
 
     def known(self, log_ids: Iterable[str]) -> set[str]: ...
 
@@ -42,7 +65,11 @@ class OutcomeSink(Protocol):
 
     def forget_in_flight(self, log_ids: Iterable[str]) -> None: ...
 
-    def save(self, rows: list[LogRow]) -> list[bool]: ...
+    def save(self, rows: list[LogRow]) -> Sequence[SaveAnswer]: ...
+
+
+class OutcomeRefused(RuntimeError):
+    """The store refused even the small FAILED row standing for a refused outcome."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +85,9 @@ class Pipeline:
 
     ``records`` are kafka-python ``ConsumerRecord``-like objects (``topic``, ``partition``,
     ``offset``, ``timestamp``, ``key``, ``value``, ``headers``). Safe to share between consumer
-    threads: it holds no per-batch state.
+    threads: its only state is the records announced and not yet stored (``logId`` -> the time
+    they were received), behind a lock, so a redelivery is not announced again whichever
+    consumer of this process gets it.
     """
 
     def __init__(
@@ -68,40 +97,55 @@ class Pipeline:
         sink: OutcomeSink,
         publish: Publish,
         processor: processing.Processor | None,
-        max_message_bytes: int,
+        limits: processing.Limits,
         counts_changed: Callable[[], None],
     ) -> None:
         self.cluster_id = cluster_id
         self.sink = sink
         self.publish = publish
         self.processor = processor
-        self.max_message_bytes = max_message_bytes
+        self.limits = limits
         self.counts_changed = counts_changed
+        self._announced: dict[str, int] = {}
+        self._announced_lock = threading.Lock()
 
     def handle(self, consumer_id: str, records: list[Any]) -> Tally:
         """Process, store and announce one batch; the caller may commit its offsets afterwards.
 
-        Raises when the batch could not be stored; the caller then calls :meth:`release` and
-        reads the batch again later.
+        Raises when the batch could not be stored; the caller reads the batch again later, and
+        its records are then processed again but not announced again.
         """
         rows = self.process(consumer_id, records)
         inserted = self.store(consumer_id, rows)
         return tally(rows, inserted)
 
     def release(self, records: Iterable[Any]) -> None:
-        """Forget the records of a batch that was not stored; they will be delivered again."""
-        self.sink.forget_in_flight(self.log_id(r) for r in records)
+        """Forget records that will not be handled by this process again (a partition given away).
+
+        They no longer count as received here; if they do come back, they are announced again.
+        """
+        ids = [self.log_id(r) for r in records]
+        with self._announced_lock:
+            for log_id in ids:
+                self._announced.pop(log_id, None)
+        self.sink.forget_in_flight(ids)
+
+    def announced(self) -> int:
+        """How many records were announced and are not stored yet."""
+        with self._announced_lock:
+            return len(self._announced)
 
     def log_id(self, record: Any) -> str:
         return events.make_log_id(self.cluster_id, record.topic, record.partition, record.offset)
 
     def process(self, consumer_id: str, records: list[Any]) -> list[LogRow]:
-        """Decode and process the batch's new records; return the rows to store.
+        """Decode and process the batch's records not stored yet; return the rows to store.
 
         ``message-received`` and ``processing-started`` for the whole batch go
         out in one publish (one bus lock) before any user processor runs, which keeps the
         per-record order (received, started, then the outcome) at a fraction of
-        the cost of publishing record by record.
+        the cost of publishing record by record. Records announced before (a batch that could
+        not be stored, delivered again) are processed again but not announced again.
         """
         ids = [self.log_id(r) for r in records]
         already = self.sink.known(ids)
@@ -110,38 +154,118 @@ class Pipeline:
         ]
         if not fresh:
             return []
-        received_ms = events.now_ms()
-        self.sink.mark_in_flight([log_id for _, log_id in fresh])
+        received = self._received_times([log_id for _, log_id in fresh])
         decoded = [self._decode(record, log_id) for record, log_id in fresh]
-        self.publish(announcements(decoded, consumer_id, received_ms))
-        if log.isEnabledFor(logging.DEBUG):
-            for _, log_id, _, _ in decoded:
-                log.debug("Broadcasted message-received for log %s", log_id)
-        return [self._finish(consumer_id, item, received_ms) for item in decoded]
+        new = [item for item in decoded if item[1] in received.new]
+        if new:
+            self.sink.mark_in_flight(received.new)
+            self.publish(announcements(new, consumer_id, received.now_ms))
+            if log.isEnabledFor(logging.DEBUG):
+                for _, log_id, _, _ in new:
+                    log.debug("Broadcasted message-received for log %s", log_id)
+        return [self._finish(consumer_id, item, received.times[item[1]]) for item in decoded]
+
+    def _received_times(self, log_ids: list[str]) -> _Received:
+        """When each record was first received: now for those not announced before (``new``)."""
+        received = _Received(events.now_ms())
+        with self._announced_lock:
+            for log_id in log_ids:
+                first = self._announced.get(log_id)
+                if first is None:
+                    first = self._announced[log_id] = received.now_ms
+                    received.new.add(log_id)
+                received.times[log_id] = first
+        return received
 
     def store(self, consumer_id: str, rows: list[LogRow]) -> list[bool]:
-        """Store the outcomes, then announce the ones that were new (exactly one outcome per logId)."""
-        inserted = self.sink.save(rows)
+        """Store the outcomes, then announce the ones that were new (exactly one outcome per logId).
+
+        Per row, the answer is whether its outcome was stored now (False: stored before). A row
+        the store refuses is replaced, in ``rows`` too, by a FAILED row saying why, stored by a
+        second save; raises when the store cannot write at all (the rows stay announced).
+        """
+        results = [as_save_result(answer) for answer in self.sink.save(rows)]
+        inserted = [result.inserted for result in results]
+        self._forget_stored(rows, results)
         self.publish(outcome_events(rows, inserted, consumer_id))
         if rows:
             self.counts_changed()
+        refused = {i: result.refused for i, result in enumerate(results) if result.refused is not None}
+        if refused:
+            self._store_failures(consumer_id, rows, inserted, refused)
         return inserted
+
+    def _store_failures(
+        self, consumer_id: str, rows: list[LogRow], inserted: list[bool], refused: dict[int, str]
+    ) -> None:
+        """Store a FAILED row for each refused one and announce it; raise if even that is refused."""
+        for i, reason in refused.items():
+            log.warning("The store refused the outcome of %s: %s", rows[i].log_id, reason)
+            rows[i] = failed_row(rows[i], f"could not store the outcome: {reason}")
+        failures = [rows[i] for i in refused]
+        results = [as_save_result(answer) for answer in self.sink.save(failures)]
+        for i, result in zip(refused, results, strict=True):
+            inserted[i] = result.inserted
+        self._forget_stored(failures, results)
+        self.publish(outcome_events(failures, [result.inserted for result in results], consumer_id))
+        self.counts_changed()
+        still = [(row.log_id, r.refused) for row, r in zip(failures, results, strict=True) if r.refused]
+        if still:
+            raise OutcomeRefused(f"the store refused even the failure of {still[0][0]}: {still[0][1]}")
+
+    def _forget_stored(self, rows: list[LogRow], results: list[SaveResult]) -> None:
+        """The rows that now have an outcome in the store are announced records no longer."""
+        with self._announced_lock:
+            for row, result in zip(rows, results, strict=True):
+                if result.refused is None:
+                    self._announced.pop(row.log_id, None)
 
     def _decode(self, record: Any, log_id: str) -> Decoded:
         headers = processing.header_map(record.headers)
-        return (
-            record,
-            log_id,
-            headers,
-            processing.decode_record(record.value, headers, self.max_message_bytes),
-        )
+        return (record, log_id, headers, processing.decode_record(record.value, headers, self.limits))
 
     def _finish(self, consumer_id: str, item: Decoded, received_ms: int) -> LogRow:
         record, log_id, headers, decoded = item
         outcome = processing.apply_processor(
             decoded, self.processor, record.topic, record.partition, record.offset, record.key, headers
         )
+        if outcome.result is not None:
+            outcome.result = jsonable(outcome.result)
+            processing.limit_result(outcome, self.limits)
         return to_row(record, log_id, self.cluster_id, consumer_id, outcome, received_ms)
+
+
+@dataclass
+class _Received:
+    """When a batch's records were first received, and which of them are new (to announce)."""
+
+    now_ms: int
+    times: dict[str, int] = dataclasses.field(default_factory=dict)
+    new: set[str] = dataclasses.field(default_factory=set)
+
+
+def as_save_result(answer: SaveAnswer) -> SaveResult:
+    """A store's answer for one row as a :class:`SaveResult` (a bare bool: inserted or not)."""
+    if isinstance(answer, SaveResult):
+        return answer
+    return _INSERTED if answer else _DUPLICATE
+
+
+_INSERTED = SaveResult(inserted=True)
+_DUPLICATE = SaveResult(inserted=False)
+
+
+def failed_row(row: LogRow, error: str) -> LogRow:
+    """The small row standing for an outcome the store could not keep: FAILED, no payload."""
+    return dataclasses.replace(
+        row,
+        status=events.FAILED,
+        error=error[: processing.MAX_ERROR_CHARS],
+        payload=None,
+        result=None,
+        payload_json=None,
+        completed_ms=events.now_ms(),
+    )
 
 
 def announcements(decoded: list[Decoded], consumer_id: str, received_ms: int) -> EventItems:

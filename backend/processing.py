@@ -4,6 +4,11 @@ The outcome of every record is a :class:`Outcome`: the data type and row count
 we decided, the decoded payload, the processor's result, or a readable error.
 Bad input is an outcome like any other, so a consumer thread never dies on it
 and never stalls the partition behind it.
+
+What one record may become is bounded (:class:`Limits`) and checked while decoding, before
+anything is stored: a 1 MB CSV whose rows repeat long column names would otherwise become a
+gigabyte of JSON that the store refuses for ever. The producer API asks the same question up
+front (:func:`check_producible`), so a record it accepts is one the consumers can process.
 """
 
 from __future__ import annotations
@@ -13,16 +18,59 @@ import importlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, compress
 from typing import Any
 
+from backend.config import Settings
 from backend.events import CSV_BATCH, DATA_TYPES, SINGLE_MESSAGE
 
 log = logging.getLogger(__name__)
 
 Processor = Callable[["DecodedRecord"], Any]
 MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one record may become; over any of these it fails with a readable error.
+
+    - ``max_decoded_chars``: the JSON text a row stores (payload + processor result). 16 MiB by
+      default: the widest plausible expansion of a 1 MiB CSV (one-character values under
+      ten-character names) is ~10x, while the issue's poison CSV expands ~1,000x, and a 16 MiB
+      row still reads back in a fraction of a second.
+    - ``max_csv_columns`` (1,000) and ``max_column_name_chars`` (256): far above real tables
+      (spreadsheets and databases stop at a few hundred columns; SQL names at 63-128 characters),
+      and every row repeats every name, so they bound the expansion before any row is read.
+    - ``max_csv_rows`` (100,000): each row becomes a dict of ~200+ bytes in memory; 100,000 rows
+      is ~10 bytes a row in a 1 MiB message, so only degenerate tables reach it.
+    - ``max_json_depth`` (64): deeper documents are machine-made; 64 keeps every recursive reader
+      (user processors, the dashboard, ``json``) far from Python's recursion limit (~1,000).
+    """
+
+    max_message_bytes: int = 1_048_576
+    max_decoded_chars: int = 16 * 1_048_576
+    max_csv_columns: int = 1_000
+    max_column_name_chars: int = 256
+    max_csv_rows: int = 100_000
+    max_json_depth: int = 64
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_message_bytes=settings.max_message_bytes,
+            max_decoded_chars=settings.decoded_limit,
+            max_csv_columns=settings.max_csv_columns,
+            max_column_name_chars=settings.max_column_name_chars,
+            max_csv_rows=settings.max_csv_rows,
+            max_json_depth=settings.max_json_depth,
+        )
+
+
+def as_limits(limits: Limits | int) -> Limits:
+    """A bare number is the message size limit with the other limits at their defaults."""
+    return limits if isinstance(limits, Limits) else Limits(max_message_bytes=limits)
 
 
 class DecodeError(ValueError):
@@ -67,12 +115,19 @@ def header_map(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, 
     return result
 
 
-def decode(value: bytes | None, headers: dict[str, str], max_bytes: int) -> tuple[str, int, Any, str | None]:
-    """Decide (dataType, rowCount, payload, JSON text) from the data-type header, else from the content."""
+def decode(
+    value: bytes | None, headers: dict[str, str], limits: Limits | int
+) -> tuple[str, int, Any, str | None]:
+    """Decide (dataType, rowCount, payload, JSON text) from the data-type header, else from the content.
+
+    The JSON text is what the store keeps for the payload: the record's own text for JSON, the
+    rows serialised once here for CSV (after the size estimate passed, never before).
+    """
+    limits = as_limits(limits)
     if value is None or len(value) == 0:
         raise DecodeError("empty message")
-    if len(value) > max_bytes:
-        raise DecodeError(f"message too large: {len(value)} bytes (limit {max_bytes})")
+    if len(value) > limits.max_message_bytes:
+        raise DecodeError(f"message too large: {len(value)} bytes (limit {limits.max_message_bytes})")
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -83,16 +138,29 @@ def decode(value: bytes | None, headers: dict[str, str], max_bytes: int) -> tupl
     if declared and declared not in DATA_TYPES:
         raise DecodeError(f"unknown data-type header {declared[:40]!r}")
     if declared == CSV_BATCH:
-        rows = parse_csv(text)
-        return CSV_BATCH, len(rows), rows, None
+        return _csv_outcome(text, limits)
     if declared == SINGLE_MESSAGE or looks_like_json(text):
-        payload = parse_json(text)
+        payload = parse_json(text, limits)
         return SINGLE_MESSAGE, len(payload) if isinstance(payload, list) else 1, payload, text
     try:
-        rows = parse_csv(text)
-    except DecodeError as exc:
+        return _csv_outcome(text, limits)
+    except CsvFormatError as exc:
         raise DecodeError(f"neither JSON nor CSV with a header row: {exc}") from None
-    return CSV_BATCH, len(rows), rows, None
+
+
+def _csv_outcome(text: str, limits: Limits) -> tuple[str, int, Any, str | None]:
+    rows = parse_csv(text, limits)
+    payload_json = json.dumps(rows, ensure_ascii=False)  # what the store would write, built once
+    if len(payload_json) > limits.max_decoded_chars:
+        raise DecodeError(_too_big("CSV", len(payload_json), limits))
+    return CSV_BATCH, len(rows), rows, payload_json
+
+
+def _too_big(what: str, chars: int, limits: Limits) -> str:
+    return (
+        f"{what} too large once decoded: {chars:,} characters of JSON, "
+        f"the limit is {limits.max_decoded_chars:,} (MAX_DECODED_CHARS)"
+    )
 
 
 def looks_like_json(text: str) -> bool:
@@ -110,10 +178,13 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def parse_json(text: str) -> Any:
-    """Strict JSON (no NaN/Infinity), with the position of the first error."""
+def parse_json(text: str, limits: Limits | None = None) -> Any:
+    """Strict JSON (no NaN/Infinity), with the position of the first error, within the limits."""
+    limits = limits or Limits()
+    if len(text) > limits.max_decoded_chars:
+        raise DecodeError(_too_big("JSON", len(text), limits))
     try:
-        return _STRICT_JSON.decode(text)
+        payload = _STRICT_JSON.decode(text)
     except json.JSONDecodeError as exc:
         raise DecodeError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
@@ -122,6 +193,44 @@ def parse_json(text: str) -> Any:
         raise
     except ValueError as exc:  # e.g. an integer of more than 4,300 digits (sys.int_info)
         raise DecodeError(f"invalid JSON: {str(exc)[:120]}") from None
+    _check_depth(text, payload, limits.max_json_depth)
+    return payload
+
+
+def _check_depth(text: str, payload: Any, limit: int) -> None:
+    """Refuse documents nested deeper than ``limit``.
+
+    Counting brackets is a C-speed scan; only a document with more opening brackets than the
+    limit can be too deep, and only those (arrays of many objects, mostly) are walked.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return
+    if json_depth(payload, limit) > limit:
+        raise DecodeError(f"invalid JSON: nested too deeply (more than {limit} levels, MAX_JSON_DEPTH)")
+
+
+def json_depth(value: Any, stop_after: int) -> int:
+    """Nesting depth of decoded JSON (a scalar is 0), counted no further than ``stop_after`` + 1.
+
+    Level by level with C-level iterators only (``map``/``compress``/``chain``): a Python loop
+    over every container cost ~1 us each, 4x the decoding of an array of small objects.
+    """
+    depth = 0
+    level: list[Any] = [value]
+    while depth <= stop_after:
+        types = list(map(type, level))
+        dicts = compress(level, map(_IS_DICT, types))
+        lists = compress(level, map(_IS_LIST, types))
+        level = list(chain(chain.from_iterable(map(dict.values, dicts)), chain.from_iterable(lists)))
+        if not any(map(_IS_CONTAINER, types)):
+            return depth
+        depth += 1
+    return depth
+
+
+_IS_DICT = frozenset({dict}).__contains__
+_IS_LIST = frozenset({list}).__contains__
+_IS_CONTAINER = frozenset({dict, list}).__contains__
 
 
 def _reject_constant(name: str) -> Any:
@@ -131,27 +240,80 @@ def _reject_constant(name: str) -> Any:
 _STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def parse_csv(text: str) -> list[dict[str, str]]:
-    """A CSV document with a header row as a list of row dicts; ragged or empty is an error."""
+class CsvFormatError(DecodeError):
+    """The text is not a CSV table (as opposed to a table over a limit)."""
+
+
+def parse_csv(text: str, limits: Limits | None = None) -> list[dict[str, str]]:
+    """A CSV document with a header row as a list of row dicts; ragged, empty or over a limit is an error.
+
+    The limits are checked as the rows are read, so a table that would decode to gigabytes
+    fails after its header or after the first rows that cross the limit, not after building it.
+    """
+    limits = limits or Limits()
     try:
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-        lines = [row for row in reader if row]
+        header = _csv_header(next((row for row in reader if row), None), limits)
+        return _csv_rows(reader, header, limits)
     except csv.Error as exc:
-        raise DecodeError(f"malformed CSV: {exc}") from None
-    if not lines:
-        raise DecodeError("CSV has no header row")
-    header = [name.strip() for name in lines[0]]
+        raise CsvFormatError(f"malformed CSV: {exc}") from None
+
+
+def _csv_header(first: list[str] | None, limits: Limits) -> list[str]:
+    if first is None:
+        raise CsvFormatError("CSV has no header row")
+    if len(first) > limits.max_csv_columns:
+        raise DecodeError(
+            f"CSV has {len(first):,} columns: at most {limits.max_csv_columns:,} are allowed "
+            "(MAX_CSV_COLUMNS)"
+        )
+    header = [name.strip() for name in first]
+    longest = max(map(len, header))
+    if longest > limits.max_column_name_chars:
+        raise DecodeError(
+            f"CSV has {len(header):,} columns whose names are up to {longest:,} characters: column names "
+            f"are limited to {limits.max_column_name_chars:,} characters (MAX_COLUMN_NAME_CHARS)"
+        )
     if any(not name for name in header):
-        raise DecodeError("CSV header has an empty column name")
+        raise CsvFormatError("CSV header has an empty column name")
     if len(set(header)) != len(header):
-        raise DecodeError("CSV header repeats a column name")
-    rows = lines[1:]
+        raise CsvFormatError("CSV header repeats a column name")
+    return header
+
+
+def _csv_rows(reader: Iterator[list[str]], header: list[str], limits: Limits) -> list[dict[str, str]]:
+    """The data rows as dicts, stopping at the first row over a limit.
+
+    Every row's JSON repeats every column name: ``{"name": "value", ...}`` costs at least the
+    names plus 8 characters a column (quotes, colon, separators) before any value, so
+    ``rows * per_row`` is a lower bound of the payload's JSON that costs one addition a row.
+    """
+    width = len(header)
+    per_row = sum(map(len, header)) + 8 * width
+    max_rows = min(limits.max_csv_rows, max(limits.max_decoded_chars // per_row, 1))
+    rows: list[dict[str, str]] = []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != width:
+            raise CsvFormatError(f"CSV row {len(rows) + 2} has {len(row)} fields, the header has {width}")
+        if len(rows) == max_rows:
+            raise DecodeError(_too_many_rows(len(rows), header, per_row, limits))
+        rows.append(dict(zip(header, row, strict=True)))
     if not rows:
-        raise DecodeError("CSV has a header row but no data rows")
-    for number, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            raise DecodeError(f"CSV row {number} has {len(row)} fields, the header has {len(header)}")
-    return [dict(zip(header, row, strict=True)) for row in rows]
+        raise CsvFormatError("CSV has a header row but no data rows")
+    return rows
+
+
+def _too_many_rows(count: int, header: list[str], per_row: int, limits: Limits) -> str:
+    if count >= limits.max_csv_rows:
+        return f"CSV has more than {limits.max_csv_rows:,} rows (MAX_CSV_ROWS)"
+    longest = max(map(len, header))
+    return (
+        f"CSV too large once decoded: {len(header):,} columns whose names are up to {longest:,} characters "
+        f"make each row at least {per_row:,} characters of JSON, so {count + 1:,} rows are over the limit "
+        f"of {limits.max_decoded_chars:,} (MAX_DECODED_CHARS)"
+    )
 
 
 def load_processor(spec: str | None) -> Processor | None:
@@ -165,15 +327,25 @@ def load_processor(spec: str | None) -> Processor | None:
     return function
 
 
-def decode_record(value: bytes | None, headers: dict[str, str], max_bytes: int) -> Outcome:
+def decode_record(value: bytes | None, headers: dict[str, str], limits: Limits | int) -> Outcome:
     """Decode one record's value; a decoding problem becomes an error outcome."""
     declared = headers.get("data-type", "").strip().upper()
     try:
-        data_type, row_count, payload, payload_json = decode(value, headers, max_bytes)
+        data_type, row_count, payload, payload_json = decode(value, headers, limits)
     except DecodeError as exc:
         fallback = declared if declared in DATA_TYPES else SINGLE_MESSAGE
         return Outcome(fallback, 0, error=str(exc))
     return Outcome(data_type, row_count, payload, payload_json=payload_json)
+
+
+def check_producible(value: bytes, data_type: str | None, limits: Limits | int) -> str | None:
+    """Why the consumers would fail this record on decoding, or None: for the producer API.
+
+    The same decoding the consumers do, so a record accepted up front is one they can process
+    (a processor's own errors and result size can only be known when it runs).
+    """
+    headers = {"data-type": data_type} if data_type else {}
+    return decode_record(value, headers, limits).error
 
 
 def apply_processor(
@@ -199,6 +371,29 @@ def apply_processor(
         return decoded
     decoded.result = result
     return decoded
+
+
+def limit_result(outcome: Outcome, limits: Limits) -> Outcome:
+    """Fail a record whose processor result cannot be stored: not JSON, or payload + result too large.
+
+    Left to the store, such a result would fail the whole batch on every retry. Measuring it
+    serialises the result once more; results are small in practice, and none is the default.
+    """
+    if outcome.result is None:
+        return outcome
+    try:
+        result_chars = len(json.dumps(outcome.result, ensure_ascii=False, default=str))
+    except (ValueError, TypeError, RecursionError) as exc:  # a circular or too deep result
+        outcome.error, outcome.result = f"processor result is not JSON: {_error_text(exc)}", None
+        return outcome
+    chars = result_chars + len(outcome.payload_json or "")
+    if chars > limits.max_decoded_chars:
+        outcome.result = None
+        outcome.error = (
+            f"processor result too large: payload and result would be {chars:,} characters of JSON, "
+            f"the limit is {limits.max_decoded_chars:,} (MAX_DECODED_CHARS)"
+        )
+    return outcome
 
 
 def _text(key: bytes | None) -> str | None:

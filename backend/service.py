@@ -151,7 +151,7 @@ class Backend:
             sink=self.store,
             publish=self.bus.publish_many,
             processor=processing.load_processor(self.settings.processor),
-            max_message_bytes=self.settings.max_message_bytes,
+            limits=processing.Limits.from_settings(self.settings),
             counts_changed=self.stats.counts_changed,
         )
         self.pool = ConsumerPool(

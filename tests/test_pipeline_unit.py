@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,20 +11,28 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
 from backend import events
-from backend.pipeline import Pipeline, Tally
-from backend.processing import DecodedRecord
+from backend.pipeline import OutcomeRefused, Pipeline, SaveResult, Tally
+from backend.processing import DecodedRecord, Limits
 from backend.store import LogRow
 
 CLUSTER = "cluster-1"
 
 
 class MemorySink:
-    """The store's part the pipeline uses, in memory; ``fail`` makes save raise (disk full)."""
+    """The store's part the pipeline uses, in memory.
+
+    ``fail`` makes save raise (disk full); ``fail_times`` makes the next N saves raise;
+    ``refuse`` maps logIds to the reason their (large) row is refused, like the store's
+    per-row answers; ``answer_bools`` answers like the store of today, one bool per row.
+    """
 
     def __init__(self) -> None:
         self.rows: dict[str, LogRow] = {}
         self.in_flight: set[str] = set()
         self.fail = False
+        self.fail_times = 0
+        self.refuse: dict[str, str] = {}
+        self.answer_bools = True
 
     def known(self, log_ids: Iterable[str]) -> set[str]:
         return {log_id for log_id in log_ids if log_id in self.rows}
@@ -34,14 +43,25 @@ class MemorySink:
     def forget_in_flight(self, log_ids: Iterable[str]) -> None:
         self.in_flight.difference_update(log_ids)
 
-    def save(self, rows: list[LogRow]) -> list[bool]:
-        if self.fail:
+    def save(self, rows: list[LogRow]) -> list[Any]:
+        if self.fail or self.fail_times > 0:
+            self.fail_times -= 1
             raise OSError("database or disk is full")
-        inserted = [row.log_id not in self.rows for row in rows]
-        for row in rows:
-            self.rows.setdefault(row.log_id, row)
-            self.in_flight.discard(row.log_id)
-        return inserted
+        if self.answer_bools:
+            return [self._insert(row) for row in rows]
+        return [self._answer(row) for row in rows]
+
+    def _insert(self, row: LogRow) -> bool:
+        new = row.log_id not in self.rows
+        self.rows.setdefault(row.log_id, row)
+        self.in_flight.discard(row.log_id)
+        return new
+
+    def _answer(self, row: LogRow) -> SaveResult:
+        reason = self.refuse.get(row.log_id)
+        if reason and row.payload is not None:
+            return SaveResult(inserted=False, refused=reason)
+        return SaveResult(inserted=self._insert(row))
 
 
 class Harness:
@@ -56,7 +76,7 @@ class Harness:
             sink=self.sink,
             publish=self.published.extend,
             processor=processor,
-            max_message_bytes=max_message_bytes,
+            limits=Limits(max_message_bytes=max_message_bytes),
             counts_changed=self._counts_changed,
         )
 
@@ -65,6 +85,12 @@ class Harness:
 
     def names(self) -> list[str]:
         return [name for name, _ in self.published]
+
+    def by_log_id(self) -> dict[str, list[str]]:
+        sequences: dict[str, list[str]] = {}
+        for name, data in self.published:
+            sequences.setdefault(data["logId"], []).append(name)
+        return sequences
 
 
 def record(offset: int, value: bytes | None, partition: int = 0, key: bytes | None = None) -> Any:
@@ -169,3 +195,101 @@ def test_an_empty_batch_signals_nothing() -> None:
     h = Harness()
     assert h.pipeline.handle("consumer-1", []) == Tally()
     assert h.counts_changed == 0 and h.published == []
+
+
+def test_a_batch_stored_after_failures_is_announced_once() -> None:
+    """save() fails twice, the batch comes again each time: received and started once, one outcome."""
+    h = Harness()
+    h.sink.fail_times = 2
+    batch = [record(0, b"1"), record(1, b"{bad")]
+    for _ in range(2):
+        with pytest.raises(OSError):
+            h.pipeline.handle("consumer-1", batch)
+        assert h.sink.in_flight == {log_id(0), log_id(1)} and h.pipeline.announced() == 2
+        time.sleep(0.002)  # a later millisecond: the row keeps the first reception's time
+    assert h.pipeline.handle("consumer-2", batch) == Tally(processed=1, failed=1)
+    assert h.by_log_id() == {
+        log_id(0): [events.MESSAGE_RECEIVED, events.PROCESSING_STARTED, events.PROCESSING_COMPLETED],
+        log_id(1): [events.MESSAGE_RECEIVED, events.PROCESSING_STARTED, events.PROCESSING_FAILED],
+    }
+    assert h.pipeline.announced() == 0 and h.sink.in_flight == set()
+    received = h.published[0][1]["timestamp"]
+    assert h.sink.rows[log_id(0)].received_ms == events.ms_from_iso(received)
+
+
+def test_a_redelivery_with_new_records_announces_only_the_new_ones() -> None:
+    h = Harness()
+    h.sink.fail_times = 1
+    with pytest.raises(OSError):
+        h.pipeline.handle("consumer-1", [record(0, b"1")])
+    h.pipeline.handle("consumer-1", [record(0, b"1"), record(1, b"2")])
+    assert h.names().count(events.MESSAGE_RECEIVED) == 2
+    assert all(len(sequence) == 3 for sequence in h.by_log_id().values())
+
+
+def test_a_refused_row_becomes_a_failed_row_and_the_others_are_stored() -> None:
+    h = Harness()
+    h.sink.answer_bools = False
+    h.sink.refuse[log_id(1)] = "string or blob too big"
+    tally = h.pipeline.handle("consumer-1", [record(0, b"1"), record(1, b'{"big": 1}'), record(2, b"3")])
+    assert tally == Tally(processed=2, failed=1)
+    stored = h.sink.rows[log_id(1)]
+    assert (stored.status, stored.error, stored.payload) == (
+        events.FAILED,
+        "could not store the outcome: string or blob too big",
+        None,
+    )
+    assert h.sink.rows[log_id(0)].status == h.sink.rows[log_id(2)].status == events.PROCESSED
+    sequences = h.by_log_id()
+    assert sequences[log_id(1)] == [
+        events.MESSAGE_RECEIVED,
+        events.PROCESSING_STARTED,
+        events.PROCESSING_FAILED,
+    ]
+    assert all(len(sequence) == 3 for sequence in sequences.values())
+    failed = [data for name, data in h.published if name == events.PROCESSING_FAILED]
+    assert failed[0]["error"] == "could not store the outcome: string or blob too big"
+    assert h.pipeline.announced() == 0 and h.sink.in_flight == set()
+
+
+def test_a_failure_row_the_store_refuses_too_is_retried_without_new_announcements() -> None:
+    h = Harness()
+    h.sink.answer_bools = False
+    h.sink.refuse[log_id(0)] = "no"
+    original_answer = h.sink._answer
+
+    def refuse_everything(row: LogRow) -> SaveResult:
+        return (
+            SaveResult(inserted=False, refused="read-only")
+            if row.log_id == log_id(0)
+            else original_answer(row)
+        )
+
+    h.sink._answer = refuse_everything  # type: ignore[method-assign]
+    with pytest.raises(OutcomeRefused, match="read-only"):
+        h.pipeline.handle("consumer-1", [record(0, b"1"), record(1, b"2")])
+    assert h.pipeline.announced() == 1 and log_id(1) in h.sink.rows
+    h.sink._answer = original_answer  # type: ignore[method-assign]
+    h.pipeline.handle("consumer-1", [record(0, b"1"), record(1, b"2")])
+    assert h.by_log_id() == {
+        log_id(0): [events.MESSAGE_RECEIVED, events.PROCESSING_STARTED, events.PROCESSING_FAILED],
+        log_id(1): [events.MESSAGE_RECEIVED, events.PROCESSING_STARTED, events.PROCESSING_COMPLETED],
+    }
+
+
+def test_a_poison_csv_fails_and_its_neighbours_are_processed() -> None:
+    h = Harness(max_message_bytes=1_048_576)
+    header = ",".join(f"c{i:03d}".ljust(2_000, "x") for i in range(250))
+    poison = (header + "\n" + ("," * 249 + "\n") * 2_191).encode()
+    tally = h.pipeline.handle("consumer-1", [record(0, b"1"), record(1, poison), record(2, b"a,b\n1,2\n")])
+    assert tally == Tally(processed=2, failed=1)
+    error = h.sink.rows[log_id(1)].error or ""
+    assert error.startswith("CSV has 250 columns whose names are up to 2,000 characters")
+
+
+def test_a_processor_result_that_cannot_be_stored_fails_only_its_record() -> None:
+    h = Harness(processor=lambda decoded: decoded.payload if decoded.offset == 1 else None)
+    h.pipeline.limits = Limits(max_decoded_chars=100)
+    tally = h.pipeline.handle("consumer-1", [record(0, b"1"), record(1, json.dumps(["x" * 60]).encode())])
+    assert tally == Tally(processed=1, failed=1)
+    assert (h.sink.rows[log_id(1)].error or "").startswith("processor result too large")
