@@ -46,6 +46,12 @@ class Settings:
     max_message_bytes: int = 1_048_576
     topic_partitions: int = 3
     processor: str | None = None
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keep_alive_timeout: float = 5.0
+    max_connections: int | None = None  # None: the open-file limit minus a reserve (backend.http_server)
+    max_created_topics: int = 100
+    max_consumers: int = 32
 
     @property
     def embedded(self) -> bool:
@@ -99,6 +105,12 @@ class Settings:
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, 1, 100 * 1_048_576),
             topic_partitions=_int(env, "TOPIC_PARTITIONS", 3, 1, 1000),
             processor=_processor(env.get("PROCESSOR", "").strip()),
+            http_header_timeout=_seconds(env, "HTTP_HEADER_TIMEOUT", 10.0),
+            http_body_timeout=_seconds(env, "HTTP_BODY_TIMEOUT", 30.0),
+            http_keep_alive_timeout=_seconds(env, "HTTP_KEEP_ALIVE_TIMEOUT", 5.0),
+            max_connections=_int(env, "MAX_CONNECTIONS", 0, 1, 10_000_000) or None,  # unset: None
+            max_created_topics=_int(env, "MAX_CREATED_TOPICS", 100, 0, 1_000_000),
+            max_consumers=_int(env, "MAX_CONSUMERS", 32, 1, 1024),
         )
 
 
@@ -116,6 +128,20 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration in seconds; fractions allowed so that tests can use short ones."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:  # also refuses nan and inf
+        raise ConfigError(f"{name}={value} is out of range (0.1..3600 seconds)")
     return value
 
 

@@ -22,7 +22,7 @@ from backend import events, processing
 from backend.bus import EventBus
 from backend.config import ConfigError, Settings, is_valid_topic
 from backend.consumers import ConsumerPool
-from backend.http_server import HTTP_START_WAIT_S, HttpServers, bind_sockets
+from backend.http_server import HTTP_START_WAIT_S, HttpServers
 from backend.pipeline import Pipeline
 from backend.stats import StatsPublisher, statistics
 from backend.store import Store
@@ -132,7 +132,7 @@ class Backend:
 
     def start(self, serve_http: bool = True) -> Backend:
         """Start everything; raises ConfigError (or BrokerError) with one clear line."""
-        sockets = bind_sockets(self.settings) if serve_http else None
+        http = HttpServers(self) if serve_http else None  # binds both ports now: a clear error if in use
         self.store = Store(self.settings.data_dir)
         start_seq = int(self.store.get_meta("seq_reserved") or 0)
         self.bus = EventBus(
@@ -155,8 +155,8 @@ class Backend:
             self.settings, self.bootstrap, pipeline, self.bus.publish, self.stats.consumers_changed
         )
         self.pool.start(self.settings.consumer_count)
-        if sockets:
-            self._http = HttpServers(self, sockets)
+        if http:
+            self._http = http
             self._http.start()
             self._http.serving.wait(HTTP_START_WAIT_S)  # their imports and apps are long-lived too
         log.info("Backend started: broker %s, %d consumers", self.bootstrap, self.settings.consumer_count)
