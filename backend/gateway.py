@@ -58,6 +58,7 @@ from backend import engineio_websocket, events
 from backend.bus import EventBus
 from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import Event
+from backend.limits import LimitReached
 from backend.websocket_protocol import WRITE_FRAMES, text_frame, texts_sender
 
 log = logging.getLogger(__name__)
@@ -1136,10 +1137,16 @@ def create_gateway_app(backend: Any) -> ASGIApp:
         tags=["consumers"],
         summary="Start one more consumer",
         response_model=None,
-        responses={201: {"model": StartedConsumerBody, "description": "Started"}},
+        responses={
+            201: {"model": StartedConsumerBody, "description": "Started"},
+            429: error_doc("MAX_CONSUMERS consumers are running; nothing was started"),
+        },
     )
     def start_consumer() -> dict[str, str]:
-        return {"consumerId": backend.start_consumer()}
+        try:
+            return {"consumerId": backend.start_consumer()}
+        except LimitReached as exc:
+            raise HTTPException(429, exc.reason) from None
 
     @router.delete(
         "/consumers/{consumerId}",

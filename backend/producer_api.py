@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from backend.config import TOPIC_NAME_PATTERN, Settings, is_valid_topic
 from backend.events import CSV_BATCH, SINGLE_MESSAGE
 from backend.gateway import UNAUTHORIZED_DOC, bad_request_doc, create_api, error_doc, require_token
+from backend.limits import LimitReached
 from backend.processing import DecodeError, parse_csv, parse_json
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def produce_errors(bad_request: str) -> dict[int | str, dict[str, Any]]:
         413: error_doc(
             "The body is over MAX_MESSAGE_BYTES; it was not read to its end and nothing was produced"
         ),
+        429: error_doc("The topic does not exist and MAX_CREATED_TOPICS were created; nothing was produced"),
         503: error_doc("The broker did not take the record (unreachable, or timed out)"),
     }
 
@@ -190,6 +192,8 @@ def create_producer_app(backend: Any) -> FastAPI:
     async def produce(topic: str, value: bytes, data_type: str) -> dict[str, Any]:
         try:
             produced = await run_in_threadpool(backend.produce, topic, value, data_type)
+        except LimitReached as exc:
+            raise HTTPException(429, exc.reason) from None
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         except Exception as exc:  # the broker is down or timed out

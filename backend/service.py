@@ -23,6 +23,7 @@ from backend.bus import EventBus
 from backend.config import ConfigError, Settings, is_valid_topic
 from backend.consumers import ConsumerPool
 from backend.http_server import HTTP_START_WAIT_S, HttpServers
+from backend.limits import LimitReached
 from backend.pipeline import Pipeline
 from backend.stats import StatsPublisher, statistics
 from backend.store import Store
@@ -126,6 +127,9 @@ class Backend:
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
         self._known_topics: set[str] = set()
+        self._created_topics = 0  # by this process, for MAX_CREATED_TOPICS
+        self._topics_lock = threading.Lock()
+        self._consumers_lock = threading.Lock()
         self._http: HttpServers | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -228,8 +232,16 @@ class Backend:
     # --- operations ---------------------------------------------------------------------------
 
     def start_consumer(self) -> str:
+        """One more consumer; LimitReached when MAX_CONSUMERS are running (each is a thread and sockets)."""
         assert self.pool is not None
-        return self.pool.spawn()
+        with self._consumers_lock:  # two requests at once must not both take the last place
+            running = self.pool.active_count
+            if running >= self.settings.max_consumers:
+                raise LimitReached(
+                    f"{running} consumers are running, the most allowed (MAX_CONSUMERS="
+                    f"{self.settings.max_consumers}): stop one before starting another"
+                )
+            return self.pool.spawn()
 
     def stop_consumer(self, consumer_id: str) -> bool:
         assert self.pool is not None
@@ -259,20 +271,39 @@ class Backend:
             return self._producer
 
     def ensure_topic(self, topic: str) -> None:
-        """Create the topic (TOPIC_PARTITIONS partitions) unless we know it exists."""
+        """Create the topic (TOPIC_PARTITIONS partitions) unless we know it exists.
+
+        At most MAX_CREATED_TOPICS are created per process: every topic costs the consumers
+        (913 of them took 84 % of a core idle and seconds of event latency). The count is this
+        process's own creations, not the broker's topics, so that a shared cluster's existing
+        topics leave the cap untouched; a restart is the operator's decision to allow more.
+        """
         if topic in self._known_topics:
             return
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.settings.kafka_client_options())
+        with self._topics_lock:  # concurrent producers must not both create the last allowed topic
+            if topic in self._known_topics:  # created by the request we waited for
+                return
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.settings.kafka_client_options())
+            try:
+                if topic not in set(admin.list_topics()):
+                    self._create_topic(admin, topic)
+            finally:
+                admin.close()
+            self._known_topics.add(topic)
+
+    def _create_topic(self, admin: KafkaAdminClient, topic: str) -> None:
+        cap = self.settings.max_created_topics
+        if self._created_topics >= cap:
+            raise LimitReached(
+                f"topic {topic!r} does not exist and this backend has created {self._created_topics} "
+                f"topics, the most allowed (MAX_CREATED_TOPICS={cap}): produce to an existing topic"
+            )
         try:
-            if topic not in set(admin.list_topics()):
-                try:
-                    admin.create_topics([NewTopic(topic, self.settings.topic_partitions, 1)])
-                    log.info("Created topic %s with %d partitions", topic, self.settings.topic_partitions)
-                except TopicAlreadyExistsError:
-                    pass
-        finally:
-            admin.close()
-        self._known_topics.add(topic)
+            admin.create_topics([NewTopic(topic, self.settings.topic_partitions, 1)])
+        except TopicAlreadyExistsError:
+            return
+        self._created_topics += 1
+        log.info("Created topic %s with %d partitions", topic, self.settings.topic_partitions)
 
 
 def discover_cluster_id(settings: Settings) -> str:
