@@ -56,6 +56,13 @@ class Settings:
     max_column_name_chars: int = 256
     max_csv_rows: int = 100_000
     max_json_depth: int = 64
+    # Connections and what the APIs may add (see backend.connection_guard, backend.limits).
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_keep_alive_timeout: float = 5.0
+    max_connections: int | None = None  # None: the open-file limit minus a reserve (backend.http_server)
+    max_created_topics: int = 100
+    max_consumers: int = 32
 
     @property
     def decoded_limit(self) -> int:
@@ -121,6 +128,12 @@ class Settings:
             max_column_name_chars=_int(env, "MAX_COLUMN_NAME_CHARS", 256, 1, 100_000),
             max_csv_rows=_int(env, "MAX_CSV_ROWS", 100_000, 1, 100_000_000),
             max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, 1, 500),
+            http_header_timeout=_seconds(env, "HTTP_HEADER_TIMEOUT", 10.0),
+            http_body_timeout=_seconds(env, "HTTP_BODY_TIMEOUT", 30.0),
+            http_keep_alive_timeout=_seconds(env, "HTTP_KEEP_ALIVE_TIMEOUT", 5.0),
+            max_connections=_int(env, "MAX_CONNECTIONS", 0, 1, 10_000_000) or None,  # unset: None
+            max_created_topics=_int(env, "MAX_CREATED_TOPICS", 100, 0, 1_000_000),
+            max_consumers=_int(env, "MAX_CONSUMERS", 32, 1, 1024),
         )
 
 
@@ -144,6 +157,20 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
 def _optional_int(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
     """Like :func:`_int`, None when unset (the default is derived from another setting)."""
     return _int(env, name, 0, low, high) if env.get(name, "").strip() else None
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration in seconds; fractions allowed so that tests can use short ones."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:  # also refuses nan and inf
+        raise ConfigError(f"{name}={value} is out of range (0.1..3600 seconds)")
+    return value
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:

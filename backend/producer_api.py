@@ -25,6 +25,7 @@ from backend.gateway.http_policy import (
     error_doc,
     require_token,
 )
+from backend.limits import LimitReached
 from backend.processing import DecodeError, parse_csv, parse_json
 from backend.wire import ProducedBody, ProducedCsvBody, produced_body
 
@@ -91,6 +92,7 @@ def produce_errors(bad_request: str) -> dict[int | str, dict[str, Any]]:
         413: error_doc(
             "The body is over MAX_MESSAGE_BYTES; it was not read to its end and nothing was produced"
         ),
+        429: error_doc("The topic does not exist and MAX_CREATED_TOPICS were created; nothing was produced"),
         503: error_doc("The broker did not take the record (unreachable, or timed out)"),
     }
 
@@ -165,6 +167,8 @@ async def produce(backend: Any, topic: str, value: bytes, data_type: str) -> dic
     """Produce the record (in a worker thread: kafka-python blocks); 400 or 503 when it is refused."""
     try:
         produced = await run_in_threadpool(backend.produce, topic, value, data_type)
+    except LimitReached as exc:
+        raise HTTPException(429, exc.reason) from None
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     except Exception as exc:  # the broker is down or timed out

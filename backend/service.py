@@ -6,8 +6,6 @@ run exactly the same system. Nothing else constructs these pieces.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import logging
 import socket
@@ -24,6 +22,8 @@ from backend import events, processing, wire
 from backend.bus import EventBus
 from backend.config import ConfigError, Settings, is_valid_topic
 from backend.consumers import ConsumerPool
+from backend.http_server import HTTP_START_WAIT_S, HttpServers
+from backend.limits import LimitReached
 from backend.pipeline import Pipeline
 from backend.stats import StatsPublisher, statistics
 from backend.store import Store
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 BROKER_PROBE_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
-HTTP_START_WAIT_S = 30.0  # start() waits this long at most for the HTTP servers to listen
 
 
 @dataclass(frozen=True)
@@ -123,6 +122,9 @@ class Backend:
         self._producer: KafkaProducer | None = None
         self._producer_lock = threading.Lock()
         self._known_topics: set[str] = set()
+        self._created_topics = 0  # by this process, for MAX_CREATED_TOPICS
+        self._topics_lock = threading.Lock()
+        self._consumers_lock = threading.Lock()
         self._http: HttpServers | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -135,7 +137,7 @@ class Backend:
             from backend.gateway.transport import check_library_versions
 
             check_library_versions()
-        sockets = bind_sockets(self.settings) if serve_http else None
+        http = HttpServers(self) if serve_http else None  # binds both ports now: a clear error if in use
         self.store = Store(self.settings.data_dir)
         start_seq = int(self.store.get_meta("seq_reserved") or 0)
         self.bus = EventBus(
@@ -158,8 +160,8 @@ class Backend:
             self.settings, self.bootstrap, pipeline, self.bus.publish, self.stats.consumers_changed
         )
         self.pool.start(self.settings.consumer_count)
-        if sockets:
-            self._http = HttpServers(self, sockets)
+        if http:
+            self._http = http
             self._http.start()
             self._http.serving.wait(HTTP_START_WAIT_S)  # their imports and apps are long-lived too
         log.info("Backend started: broker %s, %d consumers", self.bootstrap, self.settings.consumer_count)
@@ -231,8 +233,16 @@ class Backend:
     # --- operations ---------------------------------------------------------------------------
 
     def start_consumer(self) -> str:
+        """One more consumer; LimitReached when MAX_CONSUMERS are running (each is a thread and sockets)."""
         assert self.pool is not None
-        return self.pool.spawn()
+        with self._consumers_lock:  # two requests at once must not both take the last place
+            running = self.pool.active_count
+            if running >= self.settings.max_consumers:
+                raise LimitReached(
+                    f"{running} consumers are running, the most allowed (MAX_CONSUMERS="
+                    f"{self.settings.max_consumers}): stop one before starting another"
+                )
+            return self.pool.spawn()
 
     def stop_consumer(self, consumer_id: str) -> bool:
         assert self.pool is not None
@@ -262,20 +272,39 @@ class Backend:
             return self._producer
 
     def ensure_topic(self, topic: str) -> None:
-        """Create the topic (TOPIC_PARTITIONS partitions) unless we know it exists."""
+        """Create the topic (TOPIC_PARTITIONS partitions) unless we know it exists.
+
+        At most MAX_CREATED_TOPICS are created per process: every topic costs the consumers
+        (913 of them took 84 % of a core idle and seconds of event latency). The count is this
+        process's own creations, not the broker's topics, so that a shared cluster's existing
+        topics leave the cap untouched; a restart is the operator's decision to allow more.
+        """
         if topic in self._known_topics:
             return
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.settings.kafka_client_options())
+        with self._topics_lock:  # concurrent producers must not both create the last allowed topic
+            if topic in self._known_topics:  # created by the request we waited for
+                return
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.settings.kafka_client_options())
+            try:
+                if topic not in set(admin.list_topics()):
+                    self._create_topic(admin, topic)
+            finally:
+                admin.close()
+            self._known_topics.add(topic)
+
+    def _create_topic(self, admin: KafkaAdminClient, topic: str) -> None:
+        cap = self.settings.max_created_topics
+        if self._created_topics >= cap:
+            raise LimitReached(
+                f"topic {topic!r} does not exist and this backend has created {self._created_topics} "
+                f"topics, the most allowed (MAX_CREATED_TOPICS={cap}): produce to an existing topic"
+            )
         try:
-            if topic not in set(admin.list_topics()):
-                try:
-                    admin.create_topics([NewTopic(topic, self.settings.topic_partitions, 1)])
-                    log.info("Created topic %s with %d partitions", topic, self.settings.topic_partitions)
-                except TopicAlreadyExistsError:
-                    pass
-        finally:
-            admin.close()
-        self._known_topics.add(topic)
+            admin.create_topics([NewTopic(topic, self.settings.topic_partitions, 1)])
+        except TopicAlreadyExistsError:
+            return
+        self._created_topics += 1
+        log.info("Created topic %s with %d partitions", topic, self.settings.topic_partitions)
 
 
 def discover_cluster_id(settings: Settings) -> str:
@@ -305,91 +334,3 @@ def discover_cluster_id(settings: Settings) -> str:
     finally:
         consumer.close()
     return cluster_id or settings.bootstrap_servers or "kafka"
-
-
-def bind_sockets(settings: Settings) -> dict[str, socket.socket]:
-    """Bind both ports before anything else starts, so 'port in use' is a clear start-up error."""
-    bound: dict[str, socket.socket] = {}
-    for name, port in (("GATEWAY_PORT", settings.gateway_port), ("PRODUCER_PORT", settings.producer_port)):
-        family = socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only then; without it every HTTP
-        # answer waited for the client's delayed ACK (measured: 52 ms per POST, 3.5 ms with).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((settings.gateway_host, port))
-        except OSError as exc:
-            sock.close()
-            for other in bound.values():
-                other.close()
-            raise ConfigError(
-                f"{name}={port}: cannot listen on {settings.gateway_host}:{port} ({exc.strerror})"
-            ) from None
-        sock.listen(2048)
-        sock.setblocking(False)
-        bound[name] = sock
-    return bound
-
-
-class HttpServers(threading.Thread):
-    """The gateway and the producer API, served by uvicorn on one asyncio loop in its own thread."""
-
-    def __init__(self, backend: Backend, sockets: dict[str, socket.socket]) -> None:
-        super().__init__(name="http-servers", daemon=True)
-        self.backend = backend
-        self.sockets = sockets
-        self.servers: list[Any] = []
-        self.gateway: Any = None  # the event gateway of the app on GATEWAY_PORT, once it is built
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.ready = threading.Event()
-        self.serving = threading.Event()  # both servers have started (or one gave up)
-
-    def run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        import uvicorn
-
-        from backend.gateway.app import create_gateway_app
-        from backend.gateway.transport import MAX_INBOUND_BYTES, FastSendWebSocketProtocol
-        from backend.producer_api import create_producer_app
-
-        self.loop = asyncio.get_running_loop()
-        gateway_app = create_gateway_app(self.backend)
-        self.gateway = gateway_app.gateway
-        apps = (
-            (gateway_app, self.sockets["GATEWAY_PORT"]),
-            (create_producer_app(self.backend), self.sockets["PRODUCER_PORT"]),
-        )
-        tasks = []
-        for app, sock in apps:
-            # Long-polling requests (Engine.IO) would hold a graceful shutdown for up to 25 s.
-            config = uvicorn.Config(
-                app,
-                ws=FastSendWebSocketProtocol,  # uvicorn's websockets-sansio, data frames built directly
-                ws_per_message_deflate=False,  # ~200-byte frames: deflate cost CPU and ~45 MiB per 1k clients
-                ws_max_size=MAX_INBOUND_BYTES,  # uvicorn's 16 MiB default let big frames be buffered
-                log_level="warning",
-                lifespan="on",
-                timeout_graceful_shutdown=2,
-            )
-            server = uvicorn.Server(config)
-            self.servers.append(server)
-            tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
-        self.ready.set()
-        while not all(server.started for server in self.servers) and not any(t.done() for t in tasks):
-            await asyncio.sleep(0.01)
-        self.serving.set()
-        await asyncio.gather(*tasks)
-
-    def stop(self, wait: float = 10.0) -> None:
-        """Close clients first (long-polling requests would hold the shutdown), then the servers."""
-        self.ready.wait(wait)  # a stop right after start must not miss servers still being created
-        if self.gateway is not None and self.loop is not None:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self.gateway.close_clients(), self.loop).result(2)
-        for server in self.servers:
-            server.should_exit = True
-        self.join(wait)
-        for sock in self.sockets.values():
-            sock.close()

@@ -40,6 +40,12 @@ def test_topics_as_list_or_regex() -> None:
         ({"KAFKA_SSL_CAFILE": "/no/such/file.pem"}, "KAFKA_SSL_CAFILE"),
         ({"BACKEND_URL": "ftp://x"}, "BACKEND_URL"),
         ({"PROCESSOR": "not a spec"}, "PROCESSOR"),
+        ({"HTTP_HEADER_TIMEOUT": "soon"}, "HTTP_HEADER_TIMEOUT"),
+        ({"HTTP_BODY_TIMEOUT": "0"}, "HTTP_BODY_TIMEOUT"),
+        ({"HTTP_KEEP_ALIVE_TIMEOUT": "nan"}, "HTTP_KEEP_ALIVE_TIMEOUT"),
+        ({"MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
+        ({"MAX_CREATED_TOPICS": "-1"}, "MAX_CREATED_TOPICS"),
+        ({"MAX_CONSUMERS": "0"}, "MAX_CONSUMERS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -80,3 +86,30 @@ def test_security_options_reach_the_kafka_clients() -> None:
 )
 def test_topic_names(name: str, valid: bool) -> None:
     assert is_valid_topic(name) is valid
+
+
+def test_connection_and_cap_settings() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.http_header_timeout, defaults.http_body_timeout, defaults.http_keep_alive_timeout) == (
+        10.0,
+        30.0,
+        5.0,
+    )
+    assert defaults.max_connections is None  # derived from the open-file limit at start
+    assert (defaults.max_created_topics, defaults.max_consumers) == (100, 32)
+    tuned = Settings.from_env(
+        {
+            "HTTP_HEADER_TIMEOUT": "1.5",
+            "HTTP_BODY_TIMEOUT": "2",
+            "HTTP_KEEP_ALIVE_TIMEOUT": "0.5",
+            "MAX_CONNECTIONS": "500",
+            "MAX_CREATED_TOPICS": "0",
+            "MAX_CONSUMERS": "4",
+        }
+    )
+    assert (tuned.http_header_timeout, tuned.http_body_timeout, tuned.http_keep_alive_timeout) == (
+        1.5,
+        2,
+        0.5,
+    )
+    assert (tuned.max_connections, tuned.max_created_topics, tuned.max_consumers) == (500, 0, 4)

@@ -32,6 +32,7 @@ from backend.gateway.http_policy import (
     require_token,
 )
 from backend.gateway.transport import MAX_INBOUND_BYTES
+from backend.limits import LimitReached
 from backend.wire import (
     ConsumerBody,
     HealthBody,
@@ -143,10 +144,16 @@ def consumers(backend: BackendDep) -> list[dict[str, Any]]:
     tags=["consumers"],
     summary="Start one more consumer",
     response_model=None,
-    responses={201: {"model": StartedConsumerBody, "description": "Started"}},
+    responses={
+        201: {"model": StartedConsumerBody, "description": "Started"},
+        429: error_doc("MAX_CONSUMERS consumers are running; nothing was started"),
+    },
 )
 def start_consumer(backend: BackendDep) -> dict[str, str]:
-    return {"consumerId": backend.start_consumer()}
+    try:
+        return {"consumerId": backend.start_consumer()}
+    except LimitReached as exc:
+        raise HTTPException(429, exc.reason) from None
 
 
 @router.delete(
