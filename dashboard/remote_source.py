@@ -154,7 +154,7 @@ class RemoteSource:
         self.rest = RestClient(self.base, settings.auth_token)
         self.bus = EventBus()
         self.connected = False
-        self._stats: dict[str, Any] = events.stats_updated(0, 0, 0, 0)
+        self._stats: dict[str, Any] = wire.statistics_body(0, 0, 0, 0)
         self._health: dict[str, Any] = {}
         self._consumers: list[ConsumerView] = []
         self._consumers_at = 0.0
