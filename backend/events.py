@@ -1,5 +1,9 @@
 """The event contract: names and payload builders, the one place payloads are shaped.
 
+One exception: the ``stats-updated`` payload is also the REST body of
+``GET /api/consumers/statistics``, so it is built with the other REST bodies,
+by :func:`backend.wire.statistics_body`.
+
 Payloads follow the seed document field for field. Times are ISO-8601 UTC with
 milliseconds and ``Z``; ``offset`` is a string; ``partition`` and ``rowCount``
 are integers; statuses are upper case.
@@ -141,16 +145,6 @@ def processing_failed(log_id: str, consumer_id: str, error: str, at_ms: int) -> 
         "error": error,
         "consumerId": consumer_id,
         "timestamp": iso_from_ms(at_ms),
-    }
-
-
-def stats_updated(total: int, processed: int, failed: int, active_consumers: int) -> dict[str, Any]:
-    return {
-        "totalMessages": int(total),
-        "processedMessages": int(processed),
-        "failedMessages": int(failed),
-        "activeConsumers": int(active_consumers),
-        "timestamp": now_iso(),
     }
 
 

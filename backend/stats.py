@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from backend import events
+from backend import events, wire
 from backend.store import Counts
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ STATS_MIN_INTERVAL_S = 0.02
 def statistics(counts: Counts | None, active_consumers: int) -> dict[str, Any]:
     """The stats-updated payload (also ``GET /api/consumers/statistics``); no counts yet: zeros."""
     if counts is None:
-        return events.stats_updated(0, 0, 0, active_consumers)
-    return events.stats_updated(counts.total, counts.processed, counts.failed, active_consumers)
+        return wire.statistics_body(0, 0, 0, active_consumers)
+    return wire.statistics_body(counts.total, counts.processed, counts.failed, active_consumers)
 
 
 class StatsPublisher(threading.Thread):

@@ -68,7 +68,6 @@ def health_body(ok: bool, reason: str | None, broker: str, broker_reachable: boo
     }
 
 
-# Built by backend.events.stats_updated: the REST body is the event's payload.
 class StatisticsBody(BaseModel):
     """The fields of the stats-updated event."""
 
@@ -77,6 +76,17 @@ class StatisticsBody(BaseModel):
     failedMessages: Count  # noqa: N815
     activeConsumers: Count  # noqa: N815
     timestamp: Timestamp
+
+
+def statistics_body(total: int, processed: int, failed: int, active_consumers: int) -> dict[str, Any]:
+    """A :class:`StatisticsBody`; it is also the ``stats-updated`` event's payload, built only here."""
+    return {
+        "totalMessages": int(total),
+        "processedMessages": int(processed),
+        "failedMessages": int(failed),
+        "activeConsumers": int(active_consumers),
+        "timestamp": now_iso(),
+    }
 
 
 class LogBody(BaseModel):

@@ -66,7 +66,7 @@ def _frame(text: str) -> tuple[str, str]:
 
 
 def _module(file: str) -> str:
-    """``kafka/consumer/fetcher.py`` -> ``kafka``; our own code keeps its module: ``backend/gateway.py``."""
+    """``kafka/consumer/fetcher.py`` -> ``kafka``; our own code keeps its module: ``backend/bus.py``."""
     if file.startswith(("backend/", "bench/")) or "/backend/" in file:
         return file[file.find("backend/") :] if "backend/" in file else file
     return file.split("/", 1)[0] if "/" in file else file

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from backend import analytics
@@ -10,10 +9,7 @@ from backend.analytics import ErrorGroup
 from backend.bus import EventBus
 from backend.service import Backend, Produced
 from backend.store import LogRow, Store
-from dashboard.views import ConsumerView, PartitionView, SourceStatus, sorted_partitions
-
-Rows = list[dict[str, Any]]
-Topics = Sequence[str] | None
+from dashboard.views import ConsumerView, PartitionView, Rows, SourceStatus, Topics, sorted_partitions
 
 
 class LocalSource:

@@ -22,7 +22,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
 from typing import Any
 
 from backend import events, wire
@@ -31,15 +30,12 @@ from backend.bus import EventBus
 from backend.config import ConfigError, Settings
 from backend.service import Produced
 from backend.store import LogRow
-from dashboard.views import ConsumerView, PartitionView, SourceStatus, sorted_partitions
+from dashboard.views import ConsumerView, PartitionView, Rows, SourceStatus, Topics, sorted_partitions
 
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 10.0
 CONSUMERS_REFRESH_S = 3.0
-
-Rows = list[dict[str, Any]]
-Topics = Sequence[str] | None
 
 
 class RestError(RuntimeError):
@@ -154,7 +150,7 @@ class RemoteSource:
         self.rest = RestClient(self.base, settings.auth_token)
         self.bus = EventBus()
         self.connected = False
-        self._stats: dict[str, Any] = events.stats_updated(0, 0, 0, 0)
+        self._stats: dict[str, Any] = wire.statistics_body(0, 0, 0, 0)
         self._health: dict[str, Any] = {}
         self._consumers: list[ConsumerView] = []
         self._consumers_at = 0.0

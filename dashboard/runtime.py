@@ -23,11 +23,9 @@ from typing import Any
 
 from backend.config import ConfigError, Settings
 from backend.service import Backend, keep_startup_objects_out_of_gc
-from dashboard.source import LocalSource, RemoteSource
+from dashboard.source import LocalSource, RemoteSource, Source
 
 log = logging.getLogger(__name__)
-
-Source = LocalSource | RemoteSource
 
 _lock = threading.Lock()
 _source: Source | None = None
@@ -87,7 +85,7 @@ def stop() -> None:
 def describe(current: Source) -> str:
     """The one line printed when the backend is ready."""
     settings = current.settings
-    if isinstance(current, RemoteSource):
+    if not isinstance(current, LocalSource):
         return f"Dashboard attached to the backend at {settings.backend_url}, reading it over REST"
     host = settings.gateway_host
     return (

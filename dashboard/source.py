@@ -18,7 +18,6 @@ so a page draws and exports them the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from backend.analytics import ErrorGroup
@@ -28,7 +27,7 @@ from backend.service import Produced
 from backend.store import LogRow
 from dashboard.local_source import LocalSource
 from dashboard.remote_source import RemoteSource
-from dashboard.views import ConsumerView, PartitionView, SourceStatus
+from dashboard.views import ConsumerView, PartitionView, Rows, SourceStatus, Topics
 
 __all__ = [
     "ConsumerView",
@@ -42,9 +41,6 @@ __all__ = [
     "Source",
     "SourceStatus",
 ]
-
-Rows = list[dict[str, Any]]
-Topics = Sequence[str] | None
 
 
 class Source(Protocol):

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from backend.wire import partition_sort_key
+
+Rows = list[dict[str, Any]]
+"""Analytics rows: the dicts ``backend.analytics`` returns, the same keys from both sources."""
+Topics = Sequence[str] | None
+"""Topics to keep (None: all)."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from backend.broker import HOST, BrokerError, _BrokerProcess, _log_tail, free_port
+from backend.broker import HOST, BrokerError, BrokerProcess, free_port, log_tail
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def kafka_tool(main_class: str, *args: str, version: str = KAFKA_VERSION, **opti
     return java_command(kafka_libs(version), main_class, *args, *flags, heap="256m", log_level="warn")
 
 
-class ApacheKafka(_BrokerProcess):
+class ApacheKafka(BrokerProcess):
     """Single-node Apache Kafka 4.x in KRaft mode (broker and controller in one JVM).
 
     The listener and controller ports and the log directory are chosen at the first start and kept,
@@ -257,7 +257,7 @@ class ApacheKafka(_BrokerProcess):
         with open(self.log_path, "a") as out:
             out.write(result.stdout + result.stderr)
         if result.returncode != 0:
-            raise BrokerError(f"Apache Kafka storage format failed: {_log_tail(self.log_path)}")
+            raise BrokerError(f"Apache Kafka storage format failed: {log_tail(self.log_path)}")
 
     def _read_cluster_id(self) -> str:
         for line in (self.log_dir / "meta.properties").read_text().splitlines():

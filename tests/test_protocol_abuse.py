@@ -328,11 +328,9 @@ async def wait_held_attachments(served: ServedBackend, expected: int, attacker: 
 
 
 def gateway_of(served: ServedBackend) -> Any:
-    for server in served.backend._http.servers:  # noqa: SLF001 - white-box: what the server holds
-        gateway = getattr(server.config.app, "gateway", None)
-        if gateway is not None:
-            return gateway
-    raise AssertionError("no gateway app found")
+    gateway = served.backend._http.gateway  # noqa: SLF001 - white-box: what the server holds
+    assert gateway is not None, "no gateway app found"
+    return gateway
 
 
 # --- oversized frames ----------------------------------------------------------------------------
