@@ -43,6 +43,8 @@ def test_listing_by_topic_never_reads_a_big_payload(tmp_path: Path) -> None:
         assert big.stored_apart and big.payload is None and big.payload_preview.startswith('{"blob": "xxx')
         assert len(big.payload_preview) == store_module.PREVIEW_CHARS
         assert not small.stored_apart and small.payload == {"offset": 1}  # small payloads stay in lists
+        bare = store.logs(topic="orders", payloads=False)  # the REST list shows no payloads at all
+        assert [(r.payload, r.result) for r in bare] == [(None, None)] * 2 and bare[1].stored_apart
         assert store.log(big.log_id).payload == {"blob": "x" * BIG}  # the full value, on demand
         exported = store.with_payloads(listed)
         assert exported[1].payload == {"blob": "x" * BIG} and exported[0] is small
