@@ -276,17 +276,17 @@ def test_after_close_the_database_file_alone_holds_every_row(tmp_path: Path) -> 
 def test_the_wal_is_cut_back_once_an_old_snapshot_is_released(tmp_path: Path, monkeypatch) -> None:
     """A reader on an old snapshot keeps PASSIVE checkpoints from ever resetting the WAL; the store
     then cuts it back with TRUNCATE as soon as the reader lets go."""
-    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 512 * 1024)
     monkeypatch.setattr(store_module, "CHECKPOINT_CHECK_S", 0.02)
-    monkeypatch.setattr(store_module, "CHECKPOINT_ROWS", 1)
     store = Store(tmp_path)
     try:
-        store.save([row(0)])
+        store.save([row(offset) for offset in range(3)])  # not checkpointed yet: a snapshot in the WAL
         reader = sqlite3.connect(tmp_path / store_module.DB_NAME)
         snapshot = reader.execute("SELECT log_id FROM log_rows")
-        snapshot.fetchone()  # a statement in progress holds its snapshot
+        snapshot.fetchone()  # a statement in progress (rows left to read) holds its snapshot
+        monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 512 * 1024)
+        monkeypatch.setattr(store_module, "CHECKPOINT_ROWS", 1)
         for batch in range(40):
-            store.save([row(batch * 200 + i, payload={"pad": "w" * 1_000}) for i in range(1, 201)])
+            store.save([row(batch * 200 + i, payload={"pad": "w" * 1_000}) for i in range(3, 203)])
         wal = tmp_path / (store_module.DB_NAME + "-wal")
         assert wal.stat().st_size > 8 * store_module.WAL_LIMIT_BYTES  # held back by the old snapshot
         before = store.checkpoints
@@ -294,6 +294,6 @@ def test_the_wal_is_cut_back_once_an_old_snapshot_is_released(tmp_path: Path, mo
         reader.close()
         wait_for(lambda: store.checkpoints > before and store.wal_truncations, 30, "a TRUNCATE checkpoint")
         assert wal.stat().st_size <= store_module.WAL_LIMIT_BYTES
-        assert store.count_logs() == 8001
+        assert store.count_logs() == 8003
     finally:
         store.close()
