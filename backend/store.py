@@ -7,13 +7,29 @@ or counted twice. Offsets are committed to Kafka only after this returns.
 Counters are kept in memory, loaded from the rows at open and advanced by the
 inserts that actually happened, so they are exact and survive restarts.
 Records received but not yet stored are tracked in memory (``in_flight``).
+
+Layout (schema 2): ``log_rows`` holds what lists, filters, counts and exports
+read; a payload or result whose JSON text is over ``INLINE_CHARS`` is stored
+apart in ``payloads`` (the row keeps a short preview), so a list never reads a
+174 MB CSV to answer with 2 KB. The view ``logs`` shows every row with its full
+payload and result, for the analytical queries (backend/analytics.py).
+A database of schema 1 (one ``logs`` table) is migrated at open.
+
+Failures are told apart: a row SQLite refuses (too big, a constraint) is
+replaced by a FAILED row saying why and its batch goes on (``save_outcomes``);
+a store that cannot write at all (disk full, I/O error, locked, read-only)
+raises :class:`StoreUnavailable` and sets :attr:`Store.problem` until a write
+succeeds. A DATA_DIR or a database that cannot be used stops the open with
+:class:`StoreOpenError`, one line naming DATA_DIR.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -23,9 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from backend import wire
+from backend.config import ConfigError
 from backend.events import FAILED, PROCESSED
 
 log = logging.getLogger(__name__)
+
+DB_NAME = "dashboard.sqlite3"
+SCHEMA_VERSION = 2
 
 #: The checkpoint thread looks this often whether the WAL should be copied into the database file:
 #: when this many rows were stored since the last copy, or any row and the copy is this old. Each
@@ -33,9 +53,53 @@ log = logging.getLogger(__name__)
 CHECKPOINT_CHECK_S = 1.0
 CHECKPOINT_ROWS = 2_000
 CHECKPOINT_MAX_AGE_S = 30.0
+#: A PASSIVE checkpoint cannot finish while readers hold old snapshots, so under sustained load the
+#: WAL only grows (1.13 GB beside a 193 MB database was seen). Over this size the checkpoint thread
+#: tries a TRUNCATE, which waits at most TRUNCATE_WAIT_MS for readers (new writers wait meanwhile)
+#: and otherwise tries again next round; SQLite also cuts a reset WAL back to this size.
+WAL_LIMIT_BYTES = 32 * 1024 * 1024
+TRUNCATE_WAIT_MS = 100
+#: How long close() waits for readers in other processes before its final TRUNCATE gives up.
+CLOSE_CHECKPOINT_WAIT_MS = 5_000
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS logs (
+#: A payload or result whose JSON text is longer than this is stored apart (table ``payloads``);
+#: lists then carry the first PREVIEW_CHARS characters of the payload instead.
+INLINE_CHARS = 4_096
+PREVIEW_CHARS = 200
+
+#: SQLite's primary result codes for a refusal of one row; any other error means the store itself
+#: cannot write (disk full, I/O error, busy, read-only, corrupt).
+_ROW_REFUSALS = {
+    sqlite3.SQLITE_TOOBIG,
+    sqlite3.SQLITE_CONSTRAINT,
+    sqlite3.SQLITE_MISMATCH,
+    sqlite3.SQLITE_RANGE,
+}
+
+_HEAD_COLUMNS = (
+    'log_id, cluster_id, topic, partition, "offset", record_key, data_type, row_count, status, '
+    "consumer_id, error, produced_ms, received_ms, started_ms, completed_ms, size_bytes"
+)
+_ROW_COLUMNS = f"{_HEAD_COLUMNS}, payload, result, apart, payload_preview"
+
+
+def _full(column: str) -> str:
+    """The full payload or result of row ``l`` of log_rows, inline or stored apart."""
+    return (
+        f"CASE WHEN l.apart THEN (SELECT p.{column} FROM payloads AS p WHERE p.log_id = l.log_id) "
+        f"ELSE l.{column} END"
+    )
+
+
+_FULL_PAYLOAD = _full("payload")
+
+_SCHEMA_1_TO_2 = [
+    "ALTER TABLE logs RENAME TO log_rows",
+    "ALTER TABLE log_rows ADD COLUMN apart INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE log_rows ADD COLUMN payload_preview TEXT",
+]
+_LOG_ROWS = """
+CREATE TABLE log_rows (
     log_id        TEXT PRIMARY KEY,
     cluster_id    TEXT NOT NULL,
     topic         TEXT NOT NULL,
@@ -54,23 +118,71 @@ CREATE TABLE IF NOT EXISTS logs (
     size_bytes    INTEGER,
     payload       TEXT,
     result        TEXT,
+    apart         INTEGER NOT NULL DEFAULT 0,
+    payload_preview TEXT,
     UNIQUE (cluster_id, topic, partition, "offset")
-);
-CREATE INDEX IF NOT EXISTS logs_by_time ON logs (received_ms);
-CREATE INDEX IF NOT EXISTS logs_by_topic ON logs (topic, received_ms);
-CREATE INDEX IF NOT EXISTS logs_by_status ON logs (status, received_ms);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-LOG_COLUMNS = (
-    'log_id, cluster_id, topic, partition, "offset", record_key, data_type, row_count, status, '
-    "consumer_id, error, produced_ms, received_ms, started_ms, completed_ms, size_bytes, payload, result"
 )
+"""
+_SCHEMA_2 = [
+    "CREATE INDEX IF NOT EXISTS logs_by_time ON log_rows (received_ms)",
+    "CREATE INDEX IF NOT EXISTS logs_by_topic ON log_rows (topic, received_ms)",
+    "CREATE INDEX IF NOT EXISTS logs_by_status ON log_rows (status, received_ms)",
+    "CREATE TABLE IF NOT EXISTS payloads (log_id TEXT PRIMARY KEY, payload TEXT, result TEXT)",
+    # has_payload answers "is a payload stored" without reading one stored apart.
+    f"""CREATE VIEW IF NOT EXISTS logs AS SELECT {_HEAD_COLUMNS},
+        {_FULL_PAYLOAD} AS payload, {_full("result")} AS result,
+        (l.payload IS NOT NULL OR l.payload_preview IS NOT NULL) AS has_payload
+        FROM log_rows AS l""",
+]
+
+
+class StoreOpenError(ConfigError):
+    """DATA_DIR cannot hold the store (not a writable directory, not a usable database).
+
+    A ConfigError, so start-up ends with its one line naming DATA_DIR like any bad setting.
+    """
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot write at all just now (disk full, I/O error, locked, read-only, closed).
+
+    Nothing of the call was stored or counted; the same call can succeed once the cause is gone.
+    """
+
+
+INSERTED, DUPLICATE, REPLACED, REFUSED = "inserted", "duplicate", "replaced", "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What :meth:`Store.save_outcomes` did with one row.
+
+    ``inserted``: stored as given. ``duplicate``: stored before, nothing done.
+    ``replaced``: SQLite refused the row; a FAILED row with error ``reason`` was stored instead
+    (announce it as processing-failed). ``refused``: neither could be stored (``reason`` says why);
+    the record is dropped from the in-flight count.
+    """
+
+    kind: str
+    reason: str | None = None
+
+    @property
+    def new(self) -> bool:
+        """A row for this record was added now (and counted)."""
+        return self.kind in (INSERTED, REPLACED)
+
+
+_INSERTED, _DUPLICATE = Saved(INSERTED), Saved(DUPLICATE)
 
 
 @dataclass(slots=True)
 class LogRow:
-    """One processed Kafka record, as stored (``payload_json``: the payload's JSON text, when known)."""
+    """One processed Kafka record, as stored (``payload_json``: the payload's JSON text, when known).
+
+    A row read by a list whose payload is stored apart has ``stored_apart`` set: it carries neither
+    payload nor result, only ``payload_preview`` (the first characters of the payload's JSON text);
+    :meth:`Store.log` and :meth:`Store.with_payloads` give the full values.
+    """
 
     log_id: str
     cluster_id: str
@@ -91,6 +203,8 @@ class LogRow:
     payload: Any = None
     result: Any = None
     payload_json: str | None = None
+    stored_apart: bool = False
+    payload_preview: str | None = None
 
     def to_api(self, with_payload: bool = False) -> dict[str, Any]:
         """The contract's log object (REST and dashboard): :class:`backend.wire.LogBody`, or
@@ -125,21 +239,94 @@ def _from_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _row(values: tuple[Any, ...]) -> LogRow:
-    *head, payload, result = values
-    return LogRow(*head, payload=_from_json(payload), result=_from_json(result))
+def _listed(values: tuple[Any, ...]) -> LogRow:
+    """A LogRow from the columns of _ROW_COLUMNS (payload and result are NULL when stored apart)."""
+    *head, payload, result, apart, preview = values
+    return LogRow(
+        *head,
+        payload=_from_json(payload),
+        result=_from_json(result),
+        stored_apart=bool(apart),
+        payload_preview=preview,
+    )
+
+
+def _size(n: int) -> str:
+    """Bytes in decimal units, as people read them: 1.1 GB, 250 kB."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _utf8_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    return len(value) if isinstance(value, bytes) else 0
+
+
+def _refuses_row(exc: BaseException) -> bool:
+    """Whether this error is about one row's values (the others can still be stored)."""
+    if isinstance(exc, sqlite3.InterfaceError):  # a value of a type it cannot bind
+        return True
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _ROW_REFUSALS
+    return isinstance(exc, OverflowError | ValueError | TypeError | RecursionError)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One row's values for log_rows, and for payloads when stored apart (or why it cannot be)."""
+
+    row: LogRow
+    values: tuple[Any, ...] = ()
+    apart: tuple[Any, ...] | None = None
+    refused: str | None = None
+
+
+def _prepare(row: LogRow) -> _Prepared:
+    try:
+        payload = row.payload_json if row.payload_json is not None else _to_json(row.payload)
+        result = _to_json(row.result)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return _Prepared(row, refused=f"not storable as JSON: {exc}")
+    head = (
+        row.log_id, row.cluster_id, row.topic, row.partition, row.offset, row.record_key,
+        row.data_type, row.row_count, row.status, row.consumer_id, row.error, row.produced_ms,
+        row.received_ms, row.started_ms, row.completed_ms, row.size_bytes,
+    )  # fmt: skip
+    if (payload is None or len(payload) <= INLINE_CHARS) and (result is None or len(result) <= INLINE_CHARS):
+        return _Prepared(row, (*head, payload, result, 0, None))
+    preview = None if payload is None else payload[:PREVIEW_CHARS]
+    return _Prepared(row, (*head, None, None, 1, preview), (row.log_id, payload, result))
+
+
+def as_failed(row: LogRow, reason: str) -> LogRow:
+    """The FAILED row stored in place of one the store refused: no payload, the reason as error."""
+    error = reason if not row.error else f"{reason}; {row.error[:1000]}"
+    return dataclasses.replace(row, status=FAILED, error=error, payload=None, result=None, payload_json=None)
 
 
 class Store:
     """SQLite in WAL mode; one writer connection behind a lock, one reader per thread."""
 
-    def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "dashboard.sqlite3"
+    def __init__(self, data_dir: Path, value_limit_bytes: int | None = None) -> None:
+        """Open (create, migrate, check) the store in ``data_dir``; :class:`StoreOpenError` if unusable.
+
+        ``value_limit_bytes`` lowers SQLite's limit on one stored value (1 GB by default).
+        """
+        self.data_dir = data_dir
+        self.path = data_dir / DB_NAME
         self._write_lock = threading.Lock()
-        self._writer = self._connect()
-        self._writer.executescript(SCHEMA)
+        self._writer = self._open()
+        if value_limit_bytes is not None:
+            self._writer.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, value_limit_bytes)
         self._local = threading.local()
+        self._readers: dict[threading.Thread, sqlite3.Connection] = {}
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._problem: str | None = None
         self._count_lock = threading.Lock()
         self._processed, self._failed = self._load_counts()
         self._in_flight: set[str] = set()
@@ -150,57 +337,245 @@ class Store:
         self._stop_checkpoints = threading.Event()
         self._rows_since_checkpoint = 0  # written under the write lock; read as a hint
         self.checkpoints = 0  # how many were taken (tests wait for it)
+        self.wal_truncations = 0  # how many of them cut an oversized WAL back to nothing
+        self._checkpoint_problem: str | None = None
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="store-checkpoint", daemon=True
         )
         self._checkpointer.start()
 
-    def _checkpoint_loop(self) -> None:
-        connection = self._connect()
+    # --- opening -------------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        """The writer connection on a checked, current-schema database."""
+        self._check_data_dir()
+        connection: sqlite3.Connection | None = None
         try:
-            last = time.monotonic()
-            while not self._stop_checkpoints.wait(CHECKPOINT_CHECK_S):
-                rows = self._rows_since_checkpoint
-                old = time.monotonic() - last >= CHECKPOINT_MAX_AGE_S
-                if rows < CHECKPOINT_ROWS and not (rows and old):
-                    continue
-                # PASSIVE never waits for the writer or readers; what it cannot copy waits a turn.
-                try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    log.warning("store checkpoint failed (will retry): %s", exc)
-                    continue
-                with self._write_lock:
-                    self._rows_since_checkpoint -= rows
-                self.checkpoints += 1
-                last = time.monotonic()
-        finally:
-            connection.close()
+            connection = self._connect()
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("integrity check failed: " + "; ".join(problems))
+            self._upgrade(connection)
+            return connection
+        except sqlite3.Error as exc:
+            if connection is not None:
+                connection.close()
+            cause = " ".join(str(exc).split())
+            raise StoreOpenError(
+                f"DATA_DIR={self.data_dir}: {self.path} is not a usable SQLite database ({cause})"
+            ) from exc
+
+    def _check_data_dir(self) -> None:
+        """A directory we can create files in, or StoreOpenError naming DATA_DIR and why."""
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise StoreOpenError(f"DATA_DIR={self.data_dir}: not a directory")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreOpenError(
+                f"DATA_DIR={self.data_dir}: cannot create the directory ({exc.strerror or exc})"
+            ) from exc
+        try:
+            with tempfile.TemporaryFile(dir=self.data_dir):
+                pass
+        except OSError as exc:
+            raise StoreOpenError(
+                f"DATA_DIR={self.data_dir}: cannot write in the directory ({exc.strerror or exc})"
+            ) from exc
+
+    @staticmethod
+    def _upgrade(connection: sqlite3.Connection) -> None:
+        """Create the schema, or migrate schema 1 (one ``logs`` table) in one transaction."""
+        kind = connection.execute("SELECT type FROM sqlite_master WHERE name = 'logs'").fetchone()
+        version = {None: 0, "table": 1}.get(kind[0] if kind else None, SCHEMA_VERSION)
+        if version == SCHEMA_VERSION:  # a view: schema 2 or later, which says so in meta
+            row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else SCHEMA_VERSION
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"written by a newer version: schema {version}")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            for statement in _SCHEMA_1_TO_2 if version == 1 else [_LOG_ROWS]:
+                connection.execute(statement)
+            for statement in _SCHEMA_2:
+                connection.execute(statement)
+            if version == 1:
+                Store._move_big_values_apart(connection)
+            connection.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        if version == 1:
+            log.info("store: migrated to schema %d (values over %d characters stored apart)", 2, INLINE_CHARS)
+
+    @staticmethod
+    def _move_big_values_apart(connection: sqlite3.Connection) -> None:
+        """Schema 1 kept every payload in the row: move the big ones to ``payloads``."""
+        connection.execute(
+            "INSERT INTO payloads (log_id, payload, result) SELECT log_id, payload, result FROM log_rows "
+            "WHERE length(payload) > :n OR length(result) > :n",
+            {"n": INLINE_CHARS},
+        )
+        connection.execute(
+            "UPDATE log_rows SET apart = 1, payload_preview = substr(payload, 1, ?), payload = NULL, "
+            "result = NULL WHERE log_id IN (SELECT log_id FROM payloads)",
+            (PREVIEW_CHARS,),
+        )
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA busy_timeout=30000")
+        connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         return connection
 
     def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
         connection = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._connect()
             connection.execute("PRAGMA query_only=1")
             self._local.connection = connection
+            self._track_reader(connection)
         return connection
 
+    def _track_reader(self, connection: sqlite3.Connection) -> None:
+        """Remember this thread's reader, so close() can close it; close those of ended threads."""
+        with self._readers_lock:
+            ended = [thread for thread in self._readers if not thread.is_alive()]
+            for thread in ended:
+                self._readers.pop(thread).close()
+            self._readers[threading.current_thread()] = connection
+
     def _load_counts(self) -> tuple[int, int]:
-        counts = dict(self._writer.execute("SELECT status, COUNT(*) FROM logs GROUP BY status").fetchall())
+        counts = dict(
+            self._writer.execute("SELECT status, COUNT(*) FROM log_rows GROUP BY status").fetchall()
+        )
         return counts.get(PROCESSED, 0), counts.get(FAILED, 0)
 
+    # --- closing and checkpoints ---------------------------------------------------------------
+
     def close(self) -> None:
+        """Stop the checkpoints, close every connection and fold the WAL into the database file.
+
+        After this the database file alone holds every row (it can be copied without -wal/-shm).
+        Safe to call twice.
+        """
         self._stop_checkpoints.set()
         self._checkpointer.join(10)
         with self._write_lock:
-            self._writer.close()  # the last connection to close checkpoints and removes the WAL itself
+            if self._closed:
+                return
+            self._closed = True
+            with self._readers_lock:
+                readers, self._readers = list(self._readers.values()), {}
+            for connection in readers:
+                connection.close()
+            try:
+                self._writer.execute(f"PRAGMA busy_timeout={CLOSE_CHECKPOINT_WAIT_MS}")
+                busy, _, _ = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy:
+                    log.warning("store: at close a reader in another process kept part of the WAL")
+            except sqlite3.Error as exc:
+                log.warning("store: final checkpoint failed: %s", exc)
+            self._writer.close()  # the last connection to close removes the WAL itself
+
+    def _checkpoint_loop(self) -> None:
+        connection = self._connect()
+        connection.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+        try:
+            last = time.monotonic()
+            while not self._stop_checkpoints.wait(CHECKPOINT_CHECK_S):
+                rows = self._rows_since_checkpoint
+                old = time.monotonic() - last >= CHECKPOINT_MAX_AGE_S
+                oversized = self._wal_bytes() > WAL_LIMIT_BYTES
+                if rows < CHECKPOINT_ROWS and not (rows and old) and not oversized:
+                    continue
+                if self._checkpoint(connection, "TRUNCATE" if oversized else "PASSIVE"):
+                    with self._write_lock:
+                        self._rows_since_checkpoint -= rows
+                    self.checkpoints += 1
+                    self.wal_truncations += oversized
+                    last = time.monotonic()
+        finally:
+            connection.close()
+
+    def _checkpoint(self, connection: sqlite3.Connection, mode: str) -> bool:
+        """One checkpoint; False when it could not run (busy: next round; an error: logged once).
+
+        PASSIVE never waits for the writer or readers; what it cannot copy waits a turn. TRUNCATE
+        waits up to TRUNCATE_WAIT_MS for readers on old snapshots, then gives up until next round.
+        """
+        try:
+            busy, _, _ = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            if str(exc) != self._checkpoint_problem:
+                log.warning("store: checkpoint failed (will retry): %s", exc)
+            self._checkpoint_problem = str(exc)
+            return False
+        if self._checkpoint_problem is not None:
+            log.info("store: checkpoints work again")
+            self._checkpoint_problem = None
+        return not busy
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self.path.with_name(DB_NAME + "-wal").stat().st_size
+        except OSError:
+            return 0
+
+    # --- health --------------------------------------------------------------------------------
+
+    @property
+    def problem(self) -> str | None:
+        """Why the last write failed with the store unusable (e.g. disk full); None once one succeeds."""
+        return self._problem
+
+    def _note_problem(self, problem: str) -> None:
+        if problem != self._problem:  # logged once per distinct error, not once per retry
+            log.error("store: %s", problem)
+        self._problem = problem
+
+    def _note_success(self) -> None:
+        if self._problem is not None:
+            log.info("store: writing again (after: %s)", self._problem)
+            self._problem = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """BEGIN IMMEDIATE .. COMMIT under the write lock; a store that cannot write raises
+        StoreUnavailable (with :attr:`problem` set) and has stored nothing."""
+        with self._write_lock:
+            if self._closed:
+                raise StoreUnavailable("the store is closed")
+            cursor = self._writer.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                yield cursor
+                cursor.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite rolls back by itself on some errors (SQLITE_FULL): ROLLBACK only if still open.
+                if self._writer.in_transaction:
+                    try:
+                        cursor.execute("ROLLBACK")
+                    except sqlite3.Error as rollback_exc:
+                        log.warning("store: rollback failed: %s", rollback_exc)
+                if isinstance(exc, sqlite3.Error) and not _refuses_row(exc):
+                    problem = f"cannot write to {self.path}: {exc}"
+                    self._note_problem(problem)
+                    raise StoreUnavailable(problem) from exc
+                raise
+            self._note_success()
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -221,37 +596,118 @@ class Store:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._reader().execute(f"SELECT log_id FROM logs WHERE log_id IN ({marks})", chunk)
+            rows = self._reader().execute(f"SELECT log_id FROM log_rows WHERE log_id IN ({marks})", chunk)
             found.update(row[0] for row in rows)
         return found
 
     def save(self, rows: list[LogRow]) -> list[bool]:
-        """Store outcomes in one transaction; per row, whether it was new (False: already stored).
+        """Store outcomes in one transaction; per row, whether a row was added for it (counted).
 
-        The common case (no row stored before) is one executemany; only when the
-        change count shows a duplicate does it look up which rows were new.
+        See :meth:`save_outcomes`, which also tells a row replaced by a FAILED one (and why).
+        """
+        return [outcome.new for outcome in self.save_outcomes(rows)]
+
+    def save_outcomes(self, rows: list[LogRow]) -> list[Saved]:
+        """Store outcomes in one transaction; per row, what was done (see :class:`Saved`).
+
+        The common case (no row stored before, every row storable) is one executemany. A row that
+        SQLite refuses (e.g. a value over its length limit) never holds back the others: the batch
+        is then stored row by row and that row is replaced by a FAILED row saying why. A store that
+        cannot write at all raises :class:`StoreUnavailable` with nothing stored or counted.
         """
         if not rows:
             return []
-        sql = f"INSERT OR IGNORE INTO logs ({LOG_COLUMNS}) VALUES ({','.join('?' * 18)})"
-        with self._write_lock:
-            cursor = self._writer.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                present = self._present_locked(cursor, rows)
-                before = self._writer.total_changes
-                cursor.executemany(sql, [self._values(row) for row in rows if row.log_id not in present])
-                added = self._writer.total_changes - before
-                cursor.execute("COMMIT")
-                self._rows_since_checkpoint += added
-            except BaseException:
+        prepared = [_prepare(row) for row in rows]
+        with self._transaction() as cursor:
+            present = self._present_locked(cursor, rows)
+            outcomes = self._insert_batch(cursor, prepared, present)
+            if outcomes is None:  # rare: start again, row by row
                 cursor.execute("ROLLBACK")
+                cursor.execute("BEGIN IMMEDIATE")
+                outcomes = self._insert_each(cursor, prepared, self._present_locked(cursor, rows))
+            self._rows_since_checkpoint += sum(outcome.new for outcome in outcomes)
+        self._count(rows, outcomes)
+        return outcomes
+
+    @staticmethod
+    def _insert_batch(
+        cursor: sqlite3.Cursor, prepared: list[_Prepared], present: set[str]
+    ) -> list[Saved] | None:
+        """Every new row in one executemany (and one for values stored apart); None if one is refused.
+
+        No savepoint here (it cost ~10% of a normal batch): the caller rolls the transaction back.
+        """
+        fresh = [item for item in prepared if item.row.log_id not in present]
+        if any(item.refused is not None for item in fresh):
+            return None
+        try:
+            Store._insert(cursor, fresh)
+        except Exception as exc:
+            if not _refuses_row(exc):
                 raise
-        inserted = [row.log_id not in present for row in rows]
-        if added != sum(inserted):  # duplicates inside the batch itself; cannot happen with Kafka offsets
-            raise RuntimeError(f"store: expected {sum(inserted)} new rows, wrote {added}")
-        self._count(rows, inserted)
-        return inserted
+            return None
+        return [_DUPLICATE if item.row.log_id in present else _INSERTED for item in prepared]
+
+    @staticmethod
+    def _insert(cursor: sqlite3.Cursor, items: list[_Prepared]) -> None:
+        marks = ",".join("?" * 20)
+        cursor.executemany(
+            f"INSERT INTO log_rows ({_ROW_COLUMNS}) VALUES ({marks})", [i.values for i in items]
+        )
+        apart = [item.apart for item in items if item.apart is not None]
+        if apart:
+            cursor.executemany("INSERT INTO payloads (log_id, payload, result) VALUES (?, ?, ?)", apart)
+
+    def _insert_each(
+        self, cursor: sqlite3.Cursor, prepared: list[_Prepared], present: set[str]
+    ) -> list[Saved]:
+        """Row by row, each in a savepoint: a refused row is replaced by a FAILED row saying why."""
+        outcomes: list[Saved] = []
+        for item in prepared:
+            if item.row.log_id in present:  # stored before, or earlier in this very batch
+                outcomes.append(_DUPLICATE)
+                continue
+            reason = item.refused or self._try_insert(cursor, item)
+            if reason is None:
+                outcomes.append(_INSERTED)
+            else:
+                failed = as_failed(item.row, reason)
+                refused_again = self._try_insert(cursor, _prepare(failed))
+                if refused_again is None:
+                    log.warning("store: record %s stored as FAILED: %s", item.row.log_id, reason)
+                    outcomes.append(Saved(REPLACED, failed.error))
+                else:
+                    log.error("store: record %s not stored: %s; %s", item.row.log_id, reason, refused_again)
+                    outcomes.append(Saved(REFUSED, reason))
+            present.add(item.row.log_id)
+        return outcomes
+
+    def _try_insert(self, cursor: sqlite3.Cursor, item: _Prepared) -> str | None:
+        """Insert one row in a savepoint; why SQLite refused it, or None once stored."""
+        if item.refused is not None:
+            return item.refused
+        cursor.execute("SAVEPOINT one")
+        try:
+            self._insert(cursor, [item])
+        except Exception as exc:
+            cursor.execute("ROLLBACK TO one")
+            cursor.execute("RELEASE one")
+            if not _refuses_row(exc):
+                raise
+            return self._refusal(item, exc)
+        cursor.execute("RELEASE one")
+        return None
+
+    def _refusal(self, item: _Prepared, exc: BaseException) -> str:
+        """A readable reason, e.g. "stored value too large: 1.1 GB over SQLite's limit of 1 GB"."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None or code & 0xFF != sqlite3.SQLITE_TOOBIG:
+            return f"not storable: {exc}"
+        limit = self._writer.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        sizes = [_utf8_size(value) for value in (*item.values, *(item.apart or ()))]
+        if max(sizes) > limit:
+            return f"stored value too large: {_size(max(sizes))} over SQLite's limit of {_size(limit)}"
+        return f"stored row too large: {_size(sum(sizes))} over SQLite's limit of {_size(limit)}"
 
     @staticmethod
     def _present_locked(cursor: sqlite3.Cursor, rows: list[LogRow]) -> set[str]:
@@ -261,31 +717,22 @@ class Store:
             chunk = [row.log_id for row in rows[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             present.update(
-                r[0] for r in cursor.execute(f"SELECT log_id FROM logs WHERE log_id IN ({marks})", chunk)
+                r[0] for r in cursor.execute(f"SELECT log_id FROM log_rows WHERE log_id IN ({marks})", chunk)
             )
         return present
 
-    @staticmethod
-    def _values(row: LogRow) -> tuple[Any, ...]:
-        return (
-            row.log_id, row.cluster_id, row.topic, row.partition, row.offset, row.record_key,
-            row.data_type, row.row_count, row.status, row.consumer_id, row.error, row.produced_ms,
-            row.received_ms, row.started_ms, row.completed_ms, row.size_bytes,
-            row.payload_json if row.payload_json is not None else _to_json(row.payload), _to_json(row.result),
-        )  # fmt: skip
-
-    def _count(self, rows: list[LogRow], inserted: list[bool]) -> None:
+    def _count(self, rows: list[LogRow], outcomes: list[Saved]) -> None:
         with self._count_lock:
-            for row, new in zip(rows, inserted, strict=True):
+            for row, outcome in zip(rows, outcomes, strict=True):
                 self._in_flight.discard(row.log_id)
-                if new and row.status == PROCESSED:
+                if outcome.kind == INSERTED and row.status == PROCESSED:
                     self._processed += 1
-                elif new:
+                elif outcome.new:
                     self._failed += 1
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._write_lock:
-            self._writer.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self._transaction() as cursor:
+            cursor.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def get_meta(self, key: str) -> str | None:
         row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -308,15 +755,21 @@ class Store:
         until_ms: int | None = None,
         text: str | None = None,
         offset: int = 0,
+        payloads: bool = True,
     ) -> list[LogRow]:
-        """Stored logs, newest first, filtered; ``text`` searches the payload and the error."""
+        """Stored logs, newest first, filtered; ``text`` searches the payload and the error.
+
+        Payloads stored apart are never read (those rows are ``stored_apart``, with a preview);
+        ``payloads=False`` leaves out the small inline ones too (the REST list shows none).
+        """
         where, params = self._filters(status, topic, since_ms, until_ms, text)
+        columns = _ROW_COLUMNS if payloads else _ROW_COLUMNS.replace("payload, result", "NULL, NULL")
         sql = (
-            f"SELECT {LOG_COLUMNS} FROM logs {where} "
+            f"SELECT {columns} FROM log_rows AS l {where} "
             'ORDER BY received_ms DESC, partition DESC, "offset" DESC LIMIT ? OFFSET ?'
         )
         rows = self._reader().execute(sql, [*params, int(limit), int(offset)]).fetchall()
-        return [_row(values) for values in rows]
+        return [_listed(values) for values in rows]
 
     def count_logs(
         self,
@@ -328,7 +781,7 @@ class Store:
     ) -> int:
         """How many stored logs match the same filters as :meth:`logs`."""
         where, params = self._filters(status, topic, since_ms, until_ms, text)
-        return self._reader().execute(f"SELECT COUNT(*) FROM logs {where}", params).fetchone()[0]
+        return self._reader().execute(f"SELECT COUNT(*) FROM log_rows AS l {where}", params).fetchone()[0]
 
     @staticmethod
     def _filters(
@@ -345,22 +798,53 @@ class Store:
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
-        if text:
-            clauses.append("(instr(lower(payload), lower(?)) > 0 OR instr(lower(error), lower(?)) > 0)")
+        if text:  # a search reads what it searches: payloads stored apart too
+            clauses.append(
+                f"(instr(lower({_FULL_PAYLOAD}), lower(?)) > 0 OR instr(lower(error), lower(?)) > 0)"
+            )
             params.extend([text, text])
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def log(self, log_id: str) -> LogRow | None:
-        """One stored log with its payload."""
-        sql = f"SELECT {LOG_COLUMNS} FROM logs WHERE log_id = ?"
+        """One stored log with its payload and result, wherever they are stored."""
+        sql = f"SELECT {_HEAD_COLUMNS}, payload, result FROM logs WHERE log_id = ?"
         values = self._reader().execute(sql, (log_id,)).fetchone()
-        return _row(values) if values else None
+        if values is None:
+            return None
+        *head, payload, result = values
+        return LogRow(*head, payload=_from_json(payload), result=_from_json(result))
+
+    def with_payloads(self, rows: list[LogRow]) -> list[LogRow]:
+        """These rows (e.g. a page to export) with full payloads and results, read only where missing."""
+        missing = [row.log_id for row in rows if row.stored_apart]
+        found: dict[str, tuple[str | None, str | None]] = {}
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            sql = (
+                f"SELECT log_id, payload, result FROM payloads WHERE log_id IN ({','.join('?' * len(chunk))})"
+            )
+            found.update((r[0], (r[1], r[2])) for r in self._reader().execute(sql, chunk))
+        return [
+            dataclasses.replace(
+                row,
+                payload=_from_json(found[row.log_id][0]),
+                result=_from_json(found[row.log_id][1]),
+                stored_apart=False,
+                payload_preview=None,
+            )
+            if row.log_id in found
+            else row
+            for row in rows
+        ]
 
     def topics(self) -> list[str]:
         """Every topic that has stored logs."""
-        return [row[0] for row in self._reader().execute("SELECT DISTINCT topic FROM logs ORDER BY topic")]
+        return [
+            row[0] for row in self._reader().execute("SELECT DISTINCT topic FROM log_rows ORDER BY topic")
+        ]
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection for the analytics queries (backend/analytics.py)."""
+        """A read-only connection for the analytics queries (backend/analytics.py): they read the
+        view ``logs`` (every row with its full ``payload`` and ``result``, and ``has_payload``)."""
         yield self._reader()
