@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from backend import events, processing
-from backend.store import LogRow
+from backend.store import INSERTED, REFUSED, REPLACED, LogRow, Saved
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,20 @@ Decoded = tuple[Any, str, dict[str, str], processing.Outcome]
 
 @dataclass(frozen=True, slots=True)
 class SaveResult:
-    """What the store did with one row: ``inserted`` (False: stored before), or ``refused`` and why."""
+    """What the store did with one row: ``inserted`` (False: stored before), or ``refused`` and why.
+
+    ``replaced``: the store could not keep the row and kept a FAILED row saying why instead
+    (this is the error); the record's outcome event must then be ``processing-failed``.
+    """
 
     inserted: bool
     refused: str | None = None
+    replaced: str | None = None
 
 
-#: Per row, what ``save`` answers: a :class:`SaveResult`, or (older stores) whether it was new.
-SaveAnswer = SaveResult | bool
+#: Per row, what ``save_outcomes`` answers: a :class:`SaveResult`, the store's
+#: :class:`backend.store.Saved`, or (simple sinks) whether it was new.
+SaveAnswer = SaveResult | Saved | bool
 
 
 class OutcomeSink(Protocol):
@@ -65,7 +71,7 @@ class OutcomeSink(Protocol):
 
     def forget_in_flight(self, log_ids: Iterable[str]) -> None: ...
 
-    def save(self, rows: list[LogRow]) -> Sequence[SaveAnswer]: ...
+    def save_outcomes(self, rows: list[LogRow]) -> Sequence[SaveAnswer]: ...
 
 
 class OutcomeRefused(RuntimeError):
@@ -184,7 +190,10 @@ class Pipeline:
         the store refuses is replaced, in ``rows`` too, by a FAILED row saying why, stored by a
         second save; raises when the store cannot write at all (the rows stay announced).
         """
-        results = [as_save_result(answer) for answer in self.sink.save(rows)]
+        results = [as_save_result(answer) for answer in self.sink.save_outcomes(rows)]
+        for i, result in enumerate(results):
+            if result.replaced is not None:  # stored as FAILED: the event must say so, and why
+                rows[i] = failed_row(rows[i], result.replaced)
         inserted = [result.inserted for result in results]
         self._forget_stored(rows, results)
         self.publish(outcome_events(rows, inserted, consumer_id))
@@ -203,7 +212,7 @@ class Pipeline:
             log.warning("The store refused the outcome of %s: %s", rows[i].log_id, reason)
             rows[i] = failed_row(rows[i], f"could not store the outcome: {reason}")
         failures = [rows[i] for i in refused]
-        results = [as_save_result(answer) for answer in self.sink.save(failures)]
+        results = [as_save_result(answer) for answer in self.sink.save_outcomes(failures)]
         for i, result in zip(refused, results, strict=True):
             inserted[i] = result.inserted
         self._forget_stored(failures, results)
@@ -248,6 +257,12 @@ def as_save_result(answer: SaveAnswer) -> SaveResult:
     """A store's answer for one row as a :class:`SaveResult` (a bare bool: inserted or not)."""
     if isinstance(answer, SaveResult):
         return answer
+    if isinstance(answer, Saved):
+        if answer.kind == REPLACED:
+            return SaveResult(inserted=True, replaced=answer.reason)
+        if answer.kind == REFUSED:
+            return SaveResult(inserted=False, refused=answer.reason)
+        return _INSERTED if answer.kind == INSERTED else _DUPLICATE
     return _INSERTED if answer else _DUPLICATE
 
 

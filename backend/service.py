@@ -25,6 +25,7 @@ from backend.consumers import ConsumerPool
 from backend.http_server import HTTP_START_WAIT_S, HttpServers
 from backend.limits import LimitReached
 from backend.pipeline import Pipeline
+from backend.progress import PartitionProgress
 from backend.stats import StatsPublisher, statistics
 from backend.store import Store
 
@@ -126,6 +127,7 @@ class Backend:
         self._topics_lock = threading.Lock()
         self._consumers_lock = threading.Lock()
         self._http: HttpServers | None = None
+        self.progress = PartitionProgress()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -219,6 +221,10 @@ class Backend:
             reason = self.probe.reason or "broker unreachable"
         elif not self.pool.all_polled():
             reason = "consumers are connecting to the broker"
+        elif self.store is not None and self.store.problem:
+            reason = f"records cannot be stored: {self.store.problem}"
+        else:
+            reason = self.progress.stalled(self.pool.snapshots())
         return Health(reason is None, reason, self.bootstrap, reachable)
 
     def http_serving(self) -> bool:

@@ -43,7 +43,7 @@ class MemorySink:
     def forget_in_flight(self, log_ids: Iterable[str]) -> None:
         self.in_flight.difference_update(log_ids)
 
-    def save(self, rows: list[LogRow]) -> list[Any]:
+    def save_outcomes(self, rows: list[LogRow]) -> list[Any]:
         if self.fail or self.fail_times > 0:
             self.fail_times -= 1
             raise OSError("database or disk is full")
@@ -293,3 +293,32 @@ def test_a_processor_result_that_cannot_be_stored_fails_only_its_record() -> Non
     tally = h.pipeline.handle("consumer-1", [record(0, b"1"), record(1, json.dumps(["x" * 60]).encode())])
     assert tally == Tally(processed=1, failed=1)
     assert (h.sink.rows[log_id(1)].error or "").startswith("processor result too large")
+
+
+def test_with_the_real_store_a_value_over_sqlites_limit_fails_alone(tmp_path) -> None:
+    """The issue's poison: a row over SQLite's limit was retried for ever. Now the store keeps a
+    FAILED row in its place, its neighbours are stored, and the events say why, once."""
+    from backend.store import Store
+
+    store = Store(tmp_path, value_limit_bytes=20_000)  # SQLite's limit, lowered to stay small
+    h = Harness()
+    h.sink = store  # type: ignore[assignment]
+    h.pipeline.sink = store
+    big = json.dumps({"text": "x" * 30_000}).encode()
+    try:
+        tally = h.pipeline.handle("consumer-1", [record(0, b"1"), record(1, big), record(2, b"3")])
+        stored = {i: store.log(log_id(i)) for i in range(3)}
+        counts = store.counts()
+    finally:
+        store.close()
+    assert tally == Tally(processed=2, failed=1)
+    assert stored[0].status == stored[2].status == events.PROCESSED
+    assert stored[1].status == events.FAILED and "too large" in stored[1].error
+    assert (counts.processed, counts.failed) == (2, 1)
+    assert h.by_log_id()[log_id(1)] == [
+        events.MESSAGE_RECEIVED,
+        events.PROCESSING_STARTED,
+        events.PROCESSING_FAILED,
+    ]
+    failed = [data for name, data in h.published if name == events.PROCESSING_FAILED]
+    assert failed == [failed[0]] and failed[0]["error"] == stored[1].error
