@@ -136,11 +136,18 @@ def logs_frame(rows: Iterable[LogRow], with_payload: bool = True) -> pd.DataFram
                 "consumer": row.consumer_id,
                 "latency_ms": latency,
                 "error": row.error,
-                "payload": payload_preview(row.payload) if with_payload else "",
+                "payload": _payload_cell(row) if with_payload else "",
                 "log_id": row.log_id,
             }
         )
     return pd.DataFrame.from_records(records, columns=LOG_COLUMNS)
+
+
+def _payload_cell(row: LogRow) -> str:
+    """A big payload is stored apart and not read for lists: its stored preview stands in for it."""
+    if row.stored_apart and row.payload is None:
+        return payload_preview(row.payload_preview or "")
+    return payload_preview(row.payload)
 
 
 def export_frame(rows: Iterable[LogRow]) -> pd.DataFrame:

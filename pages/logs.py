@@ -98,7 +98,7 @@ selection = st.dataframe(
 )
 st.download_button(
     "Download this row as CSV" if len(rows) == 1 else f"Download these {len(rows):,} rows as CSV",
-    data=fmt.csv_bytes(fmt.export_frame(rows)),
+    data=fmt.csv_bytes(fmt.export_frame(src.log(r.log_id) or r if r.stored_apart else r for r in rows)),
     file_name="kafka-logs.csv",
     mime="text/csv",
     icon=":material/download:",

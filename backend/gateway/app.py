@@ -123,7 +123,9 @@ def logs(
     store = backend.store
     if store is None:
         raise HTTPException(503, "the store is not open")
-    rows = store.logs(limit=limit, status=status.upper() if status else None, topic=topic, offset=offset)
+    rows = store.logs(
+        limit=limit, status=status.upper() if status else None, topic=topic, offset=offset, payloads=False
+    )
     return [row.to_api() for row in rows]
 
 
