@@ -78,6 +78,7 @@ GATEWAY_OPERATIONS = {
     "GET /api/consumers",
     "POST /api/consumers",
     "DELETE /api/consumers/{consumerId}",
+    "POST /api/stream-tickets",
 }
 PRODUCER_OPERATIONS = {"POST /api/producers/send/single", "POST /api/producers/send/csv"}
 
@@ -112,7 +113,7 @@ def fuzzed(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 def build_documents() -> tuple[dict[str, Any], dict[str, Any]]:
     offline = types.SimpleNamespace(settings=Settings(auth_token=TOKEN))
-    gateway_app = create_gateway_app(offline).app.other_asgi_app  # the FastAPI app behind Socket.IO
+    gateway_app = create_gateway_app(offline).api  # the FastAPI app behind Socket.IO
     return gateway_app.openapi(), create_producer_app(offline).openapi()
 
 
@@ -149,7 +150,7 @@ def test_the_served_documents_are_the_fuzzed_ones(fuzzed: ServedBackend) -> None
         (fuzzed.gateway, GATEWAY_DOCUMENT, GATEWAY_OPERATIONS),
         (fuzzed.producer, PRODUCER_DOCUMENT, PRODUCER_OPERATIONS),
     ):
-        response = httpx.get(f"{base}/openapi.json", timeout=REQUEST_TIMEOUT)
+        response = httpx.get(f"{base}/openapi.json", headers=fuzzed.auth_headers, timeout=REQUEST_TIMEOUT)
         assert response.status_code == 200, response.text
         assert response.json() == document
         assert operations_of(document) == operations
@@ -165,6 +166,7 @@ DOCUMENTED_STATUSES = {
     "GET /api/consumers": {"200", "401", "403"},
     "POST /api/consumers": {"201", "401", "403"},
     "DELETE /api/consumers/{consumerId}": {"200", "401", "403", "404"},
+    "POST /api/stream-tickets": {"201", "401", "403"},
     "POST /api/producers/send/single": {"201", "400", "401", "403", "413", "503"},
     "POST /api/producers/send/csv": {"201", "400", "401", "403", "413", "503"},
 }
