@@ -168,6 +168,9 @@ class Gateway:
             await stream.pump(partial(_send_engineio, eio_socket), partial(_write_engineio_now, eio_socket))
         except asyncio.CancelledError:
             raise
+        except transport.CLIENT_GONE:
+            # It left mid-send: the disconnect handler says so, in one line (issue 15).
+            log.debug("Socket.IO client %s left while being sent events", sid)
         except Exception:
             log.exception("Socket.IO sender for %s failed", sid)
 
