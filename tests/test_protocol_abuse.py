@@ -447,6 +447,22 @@ def test_events_sent_by_clients_are_dropped_unread_and_the_connection_keeps_work
     assert len([m for m in caplog.messages if m.startswith("Ignoring events sent by")]) == 1, caplog.messages
 
 
+def test_frames_sent_to_ws_are_discarded_unread_and_the_stream_goes_on(served: ServedBackend) -> None:
+    """/ws clients only listen too: 20,000 frames from one are read and dropped, never parsed."""
+
+    async def scenario() -> None:
+        async with bystanders(served) as before:
+            talker = await plain_ws_client(served)
+            try:
+                for n in range(20_000):
+                    await talker.ws.send(json.dumps({"event": "flood", "data": {"n": n}}))
+                await assert_server_goes_on(served, [*before, talker])
+            finally:
+                await talker.close()
+
+    run(scenario())
+
+
 QUIET_LOGGERS = ("backend", "uvicorn", "asyncio", "engineio", "socketio")
 
 
