@@ -45,6 +45,7 @@ class Settings:
     producer_port: int = 3000
     data_dir: Path = Path("data")
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # empty: the default (see host_allowlist)
     auth_token: str | None = None
     backend_url: str | None = None
     max_message_bytes: int = 1_048_576
@@ -91,6 +92,14 @@ class Settings:
             options["ssl_cafile"] = self.ssl_cafile
         return options
 
+    @property
+    def host_allowlist(self) -> tuple[str, ...]:
+        """The Host header names the APIs answer: ALLOWED_HOSTS, or the loopback names and GATEWAY_HOST."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        gateway = self.gateway_host.lower()
+        return ("localhost", "127.0.0.1", "[::1]", f"[{gateway}]" if ":" in gateway else gateway)
+
     def topic_matches(self, topic: str) -> bool:
         """Whether the consumers should read ``topic`` (per KAFKA_TOPICS)."""
         if self.topics:
@@ -118,6 +127,7 @@ class Settings:
             producer_port=_int(env, "PRODUCER_PORT", 3000, 0, 65535),
             data_dir=Path(env.get("DATA_DIR", "").strip() or "data"),
             cors_origins=_csv(env.get("CORS_ORIGINS", "")),
+            allowed_hosts=_allowed_hosts(env.get("ALLOWED_HOSTS", "")),
             auth_token=env.get("AUTH_TOKEN") or None,
             backend_url=_url(env, "BACKEND_URL"),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, 1, 100 * 1_048_576),
@@ -212,6 +222,21 @@ def _topics(raw: str) -> tuple[tuple[str, ...], str | None]:
         if not is_valid_topic(topic):
             raise ConfigError(f"KAFKA_TOPICS: {topic!r} is not a valid topic name")
     return topics, None
+
+
+#: One ALLOWED_HOSTS entry: a DNS name or IPv4 address, or an IPv6 address in brackets; no port.
+_HOST_NAME = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9]([a-z0-9_.-]*[a-z0-9_])?)$")
+
+
+def _allowed_hosts(raw: str) -> tuple[str, ...]:
+    """ALLOWED_HOSTS as lower-case host names; ``*`` (any host) only when it is listed."""
+    hosts = tuple(host.lower() for host in _csv(raw))
+    for host in hosts:
+        if host != "*" and not _HOST_NAME.match(host):
+            raise ConfigError(
+                f"ALLOWED_HOSTS: {host!r} is not a host name (no scheme, port or path; IPv6 in brackets)"
+            )
+    return hosts
 
 
 def _url(env: Mapping[str, str], name: str) -> str | None:

@@ -201,6 +201,13 @@ class StoppedConsumerBody(BaseModel):
     status: Literal["INACTIVE"]
 
 
+class StreamTicketBody(BaseModel):
+    """A read-only ticket for opening one event stream (POST /api/stream-tickets)."""
+
+    ticket: str = Field(description="For `/ws?ticket=` or Socket.IO `auth: {ticket}`; nothing else")
+    expiresAt: Timestamp = Field(description="A stream must be opened before then; it then stays open")  # noqa: N815
+
+
 class ProducedBody(BaseModel):
     """Where the record landed."""
 

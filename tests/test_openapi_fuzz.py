@@ -101,6 +101,7 @@ GATEWAY_OPERATIONS = {
     "POST /api/consumers",
     "DELETE /api/consumers/{consumerId}",
     *ANALYTICS_OPERATIONS,
+    "POST /api/stream-tickets",
 }
 PRODUCER_OPERATIONS = {"POST /api/producers/send/single", "POST /api/producers/send/csv"}
 
@@ -131,7 +132,7 @@ def fuzzed(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 def build_documents() -> tuple[dict[str, Any], dict[str, Any]]:
     offline = types.SimpleNamespace(settings=Settings(auth_token=TOKEN))
-    gateway_app = create_gateway_app(offline).app.other_asgi_app  # the FastAPI app behind Socket.IO
+    gateway_app = create_gateway_app(offline).api  # the FastAPI app behind Socket.IO
     return gateway_app.openapi(), create_producer_app(offline).openapi()
 
 
@@ -168,7 +169,7 @@ def test_the_served_documents_are_the_fuzzed_ones(fuzzed: ServedBackend) -> None
         (fuzzed.gateway, GATEWAY_DOCUMENT, GATEWAY_OPERATIONS),
         (fuzzed.producer, PRODUCER_DOCUMENT, PRODUCER_OPERATIONS),
     ):
-        response = httpx.get(f"{base}/openapi.json", timeout=REQUEST_TIMEOUT)
+        response = httpx.get(f"{base}/openapi.json", headers=fuzzed.auth_headers, timeout=REQUEST_TIMEOUT)
         assert response.status_code == 200, response.text
         assert response.json() == document
         assert operations_of(document) == operations
@@ -182,10 +183,11 @@ DOCUMENTED_STATUSES = {
     "GET /api/consumers/statistics": {"200", "401", "403"},
     "GET /api/consumers/logs": {"200", "400", "401", "403", "503"},
     "GET /api/consumers": {"200", "401", "403"},
-    "POST /api/consumers": {"201", "401", "403"},
+    "POST /api/consumers": {"201", "401", "403", "429"},
     "DELETE /api/consumers/{consumerId}": {"200", "401", "403", "404"},
-    "POST /api/producers/send/single": {"201", "400", "401", "403", "413", "503"},
-    "POST /api/producers/send/csv": {"201", "400", "401", "403", "413", "503"},
+    "POST /api/stream-tickets": {"201", "401", "403"},
+    "POST /api/producers/send/single": {"201", "400", "401", "403", "413", "429", "503"},
+    "POST /api/producers/send/csv": {"201", "400", "401", "403", "413", "429", "503"},
     **{label: {"200", "401", "403", "503"} for label in ANALYTICS_WITHOUT_PARAMETERS},
     **{label: {"200", "400", "401", "403", "503"} for label in ANALYTICS_WITH_PARAMETERS},
     "GET /api/consumers/logs/{logId}": {"200", "400", "401", "403", "404", "503"},

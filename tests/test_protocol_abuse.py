@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -396,6 +397,118 @@ def test_garbage_frames_on_ws_are_ignored_and_the_connection_keeps_working(serve
                 await attacker.close()
 
     run(scenario())
+
+
+# --- clients that talk, clients that leave (issue 15, item 10) ------------------------------------
+
+#: Client events in the shapes socket.io-client sends them: plain, with an ack id, with a namespace.
+CLIENT_EVENTS = ('42["flood",{"n":%d}]', '42%d["flood",{"x":1}]', '42/,["flood",%d]', '43%d["ack"]')
+
+
+def test_events_sent_by_clients_are_dropped_unread_and_the_connection_keeps_working(
+    served: ServedBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients only listen: 20,000 events from one do nothing, even with a handler registered for
+    them, and are logged once; the connection and everyone else keep receiving."""
+    caplog.set_level(logging.INFO, logger="backend.gateway")
+    sio = served.backend._http.gateway.sio  # the running gateway's Socket.IO server
+    handled: list[Any] = []
+
+    async def handler(sid: str, *args: Any) -> None:
+        handled.append(args)
+
+    sio.on("flood", handler)
+
+    async def scenario() -> None:
+        async with bystanders(served) as before:
+            talker = await socketio_client(served)
+            try:
+                for n in range(20_000):
+                    await talker.ws.send(CLIENT_EVENTS[n % len(CLIENT_EVENTS)] % n)
+                assert await probe_outcome(talker) == OPEN  # every event above was handled before it
+                await assert_server_goes_on(served, [*before, talker])
+            finally:
+                await talker.close()
+
+    try:
+        run(scenario())
+    finally:
+        sio.handlers["/"].pop("flood", None)
+    assert handled == []
+    assert len([m for m in caplog.messages if m.startswith("Ignoring events sent by")]) == 1, caplog.messages
+
+
+def test_frames_sent_to_ws_are_discarded_unread_and_the_stream_goes_on(served: ServedBackend) -> None:
+    """/ws clients only listen too: 20,000 frames from one are read and dropped, never parsed."""
+
+    async def scenario() -> None:
+        async with bystanders(served) as before:
+            talker = await plain_ws_client(served)
+            try:
+                for n in range(20_000):
+                    await talker.ws.send(json.dumps({"event": "flood", "data": {"n": n}}))
+                await assert_server_goes_on(served, [*before, talker])
+            finally:
+                await talker.close()
+
+    run(scenario())
+
+
+QUIET_LOGGERS = ("backend", "uvicorn", "asyncio", "engineio", "socketio")
+
+
+@pytest.mark.parametrize("kind", ["socket.io", "ws"])
+def test_a_client_leaving_mid_send_is_one_info_line(
+    served: ServedBackend, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A client that asks for a big replay and drops its TCP connection after a few frames, while
+    the server is still sending: "Client disconnected" once, no warning, no error, no traceback."""
+    last_seq = served.backend.bus.last_seq
+    served.backend.bus.publish_many(
+        (events.STATS_UPDATED, {"totalMessages": n, "padding": "x" * 500}) for n in range(20_000)
+    )
+    caplog.set_level(logging.INFO)
+
+    async def leave_mid_send() -> str:
+        if kind == "ws":
+            ws = await websockets.connect(f"{ws_url(served)}?lastSeq={last_seq}", max_size=None, proxy=None)
+            name = f"/ws client 127.0.0.1:{ws.local_address[1]}"
+        else:
+            ws = await websockets.connect(engineio_url(served), max_size=None, proxy=None)
+            await ws.recv()  # Engine.IO OPEN
+            await ws.send("40" + json.dumps({"lastSeq": last_seq}))
+            connected = await ws.recv()
+            assert connected.startswith("40{"), connected
+            name = json.loads(connected[2:])["sid"]
+        for _ in range(3):
+            await ws.recv()
+        ws.transport.abort()  # gone, with ~20,000 events still to send
+        return name
+
+    async def scenario() -> list[str]:
+        names = [await leave_mid_send() for _ in range(3)]
+        async with bystanders(served) as before:
+            await assert_server_goes_on(served, before)
+        return names
+
+    names = run(scenario())
+    for name in names:
+        left = [m for m in caplog.messages if m.split(" (")[0] == f"Client disconnected: {name}"]
+        assert len(left) == 1, (name, left)
+    noisy = [
+        f"{r.levelname} {r.name}: {r.getMessage()[:160]}"
+        for r in caplog.records
+        if r.name.startswith(QUIET_LOGGERS)
+        and (r.levelno >= logging.WARNING or r.exc_info)
+        and not _cut_off_bystander(r.getMessage(), names)
+    ]
+    assert noisy == []
+
+
+def _cut_off_bystander(message: str, ours: list[str]) -> bool:
+    """The slow-client warning for a client of an earlier test still open (an idle polling session):
+    the 20,000 events fill its queue too. Not about the clients of this test."""
+    return message.startswith("Disconnecting slow client") and not any(name in message for name in ours)
 
 
 # --- the polling transport -------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Where things are:
   the slow-client cut-off (``Gateway``).
 - :mod:`~backend.gateway.transport`: every use of uvicorn's, websockets', python-engineio's and
   python-socketio's internals, and the check of their versions.
-- :mod:`~backend.gateway.http_policy`: origins, token, error bodies; shared with the producer API.
+- :mod:`~backend.gateway.http_policy`: Host and origin checks, token (API documents included),
+  stream tickets, error bodies; shared with the producer API.
 - :mod:`~backend.gateway.app`: the REST routes and their schemas, and ``create_gateway_app``.
 
 Importing this package imports none of them: the producer API imports ``http_policy`` alone.

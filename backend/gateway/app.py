@@ -26,6 +26,8 @@ from backend.gateway import transport
 from backend.gateway.clients import Gateway
 from backend.gateway.http_policy import (
     UNAUTHORIZED_DOC,
+    HostGuard,
+    HostPolicy,
     bad_request_doc,
     create_api,
     error_doc,
@@ -40,12 +42,14 @@ from backend.wire import (
     StartedConsumerBody,
     StatisticsBody,
     StoppedConsumerBody,
+    StreamTicketBody,
 )
 
 # --- REST query parameters -------------------------------------------------------------------
 
 # The REST answers as documented: the routes return plain dicts (``response_model=None``); the
 # models of backend/wire.py only describe them in the OpenAPI document and change no answer.
+
 
 LogStatus = Annotated[
     str | None,
@@ -174,6 +178,19 @@ def stop_consumer(consumerId: str, backend: BackendDep) -> dict[str, str]:  # no
     return {"consumerId": consumerId, "status": events.INACTIVE}
 
 
+@router.post(
+    "/stream-tickets",
+    status_code=201,
+    tags=["streams"],
+    summary="A short-lived ticket that opens /ws or Socket.IO, for a browser (instead of the token)",
+    response_model=None,
+    responses={201: {"model": StreamTicketBody, "description": "Minted; opens streams for about 60 s"}},
+)
+def mint_stream_ticket(request: Request) -> dict[str, str]:
+    """A browser gets a ticket from its server (which holds AUTH_TOKEN), never the token itself."""
+    return request.app.state.gateway.tickets.mint().to_api()
+
+
 # --- the app -----------------------------------------------------------------------------------
 
 TITLE = "Consumer dashboard: event gateway and REST API"
@@ -181,7 +198,8 @@ DESCRIPTION = (
     "Socket.IO (protocol v5) at `/socket.io/` and a plain WebSocket at `/ws` stream the "
     "consumers' events; every event carries a sequence number `seq` and clients reconnecting "
     "with `lastSeq` are replayed what they missed. The REST endpoints below read the store. "
-    "When AUTH_TOKEN is set, send `Authorization: Bearer <token>`."
+    "When AUTH_TOKEN is set, send `Authorization: Bearer <token>` (to these documents too); "
+    "a browser opens a stream with a ticket from `POST /api/stream-tickets` instead."
 )
 
 
@@ -204,19 +222,22 @@ def create_gateway_app(backend: Any) -> ASGIApp:
     """
     transport.check_library_versions()
     gateway = Gateway(backend)
-    api = create_api(backend.settings, title=TITLE, description=DESCRIPTION, lifespan=_lifespan)
+    settings = backend.settings
+    api = create_api(settings, title=TITLE, description=DESCRIPTION, lifespan=_lifespan, check_host=False)
     api.state.backend = backend
     api.state.gateway = gateway
-    api.include_router(router, dependencies=[Security(require_token(backend.settings))])
+    api.include_router(router, dependencies=[Security(require_token(settings))])
     api.include_router(
         analytics_router(lambda: backend.store),
         prefix="/api",
-        dependencies=[Security(require_token(backend.settings))],
+        dependencies=[Security(require_token(settings))],
         responses=UNAUTHORIZED_DOC,
     )
     api.add_api_websocket_route("/ws", gateway.serve_ws, name="plain_websocket")
-    app = OversizedPollingGuard(socketio.ASGIApp(gateway.sio, other_asgi_app=api))
+    sio_app = OversizedPollingGuard(socketio.ASGIApp(gateway.sio, other_asgi_app=api))
+    app = HostGuard(sio_app, HostPolicy(settings.host_allowlist))  # REST, /ws and Socket.IO alike
     app.gateway = gateway  # for tests and embedding
+    app.api = api  # the FastAPI app (REST, /ws), e.g. for its OpenAPI document
     return app
 
 
@@ -230,7 +251,6 @@ class OversizedPollingGuard:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.gateway: Gateway | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/socket.io"):

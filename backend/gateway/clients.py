@@ -1,6 +1,7 @@
 """The gateway's clients: Socket.IO and plain WebSocket (``/ws``) connections, fed by the fan-out.
 
-For each client: check its origin and token, attach a :class:`~backend.gateway.fanout.ClientStream`
+For each client: check its origin and its token (or a stream ticket, see
+:class:`~backend.gateway.http_policy.StreamTickets`), attach a :class:`~backend.gateway.fanout.ClientStream`
 (with its ``lastSeq``), and run one sender task that sends ``connection-success`` (and
 ``resync-required``), the replay, then the live events. Every event frame carries its ``seq``; the
 ``connection-success`` (and ``resync-required``) frame carries the position the stream continues
@@ -31,7 +32,13 @@ from backend.config import Settings
 from backend.events import Event
 from backend.gateway import transport
 from backend.gateway.fanout import SEND_BATCH_MAX, Batch, ClientStream, Fanout, Outgoing, parse_last_seq
-from backend.gateway.http_policy import OriginPolicy, bearer_token, token_matches
+from backend.gateway.http_policy import (
+    STREAM_TICKETS,
+    OriginPolicy,
+    StreamTickets,
+    bearer_token,
+    token_matches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +52,10 @@ WS_TRY_AGAIN_LATER = 1013
 class Gateway:
     """Socket.IO and /ws clients of one backend, fed from its bus."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, tickets: StreamTickets = STREAM_TICKETS) -> None:
         self.backend = backend
         self.settings: Settings = backend.settings
+        self.tickets = tickets
         self.origins = OriginPolicy(self.settings.cors_origins)
         self.fanout = Fanout()
         self.sio = transport.create_socketio_server(self._origin_allowed)
@@ -86,6 +94,16 @@ class Gateway:
             log.info("Refused Socket.IO request from origin %s (CORS_ORIGINS)", origin)
         return allowed
 
+    def _refusal(self, token: str | None, ticket: object) -> str | None:
+        """Why a client may not open a stream (None: it may): AUTH_TOKEN or a valid stream ticket."""
+        if self.settings.auth_token is None or token_matches(self.settings.auth_token, token):
+            return None
+        if token:
+            return "wrong token"
+        if ticket is None:
+            return "missing token or ticket"
+        return None if self.tickets.valid(ticket) else "ticket expired or not valid here"
+
     def _cut_off(self, stream: ClientStream, sender: asyncio.Task[None]) -> None:
         """A client fell too far behind: say why, and stop its sender. Its connection is closed next."""
         log.warning(
@@ -106,11 +124,11 @@ class Gateway:
         auth = auth if isinstance(auth, dict) else {}
         token = auth.get("token") if isinstance(auth.get("token"), str) else None
         token = token or bearer_token(environ.get("HTTP_AUTHORIZATION"))
-        if not token_matches(self.settings.auth_token, token):
-            log.info("Refused Socket.IO client %s: %s token", sid, "wrong" if token else "missing")
-            raise socketio.exceptions.ConnectionRefusedError(
-                "unauthorized: wrong token" if token else "unauthorized: send auth: {token}"
-            )
+        refusal = self._refusal(token, auth.get("ticket"))
+        if refusal is not None:
+            log.info("Refused Socket.IO client %s: %s", sid, refusal)
+            hint = "" if token or "ticket" in auth else " (send auth: {token} or {ticket})"
+            raise socketio.exceptions.ConnectionRefusedError(f"unauthorized: {refusal}{hint}")
         try:
             last_seq = parse_last_seq(auth.get("lastSeq"))
         except ValueError as exc:
@@ -150,6 +168,9 @@ class Gateway:
             await stream.pump(partial(_send_engineio, eio_socket), partial(_write_engineio_now, eio_socket))
         except asyncio.CancelledError:
             raise
+        except transport.CLIENT_GONE:
+            # It left mid-send: the disconnect handler says so, in one line (issue 15).
+            log.debug("Socket.IO client %s left while being sent events", sid)
         except Exception:
             log.exception("Socket.IO sender for %s failed", sid)
 
@@ -227,10 +248,11 @@ class Gateway:
         await websocket.accept()
         params = websocket.query_params
         token = params.get("token") or bearer_token(websocket.headers.get("authorization"))
-        if not token_matches(self.settings.auth_token, token):
-            log.info("Refused /ws client %s: %s token", _peer(websocket), "wrong" if token else "missing")
-            reason = "unauthorized: wrong token" if token else "unauthorized: add ?token="
-            await websocket.close(code=WS_POLICY_VIOLATION, reason=reason)
+        refusal = self._refusal(token, params.get("ticket"))
+        if refusal is not None:
+            log.info("Refused /ws client %s: %s", _peer(websocket), refusal)
+            hint = "" if token or "ticket" in params else " (add ?token= or ?ticket=)"
+            await websocket.close(code=WS_POLICY_VIOLATION, reason=f"unauthorized: {refusal}{hint}")
             return False, None
         try:
             return True, parse_last_seq(params.get("lastSeq"))

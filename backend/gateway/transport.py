@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -101,6 +102,14 @@ def check_library_versions() -> None:
                 f"install that range (pip install -r requirements.txt) or re-check the glue and widen it"
             )
 
+
+#: What sending to a client raises when the client has just left (its TCP connection is gone, or
+#: Engine.IO closed its socket): an expected end of its sender, not an error.
+CLIENT_GONE: tuple[type[BaseException], ...] = (
+    ClientDisconnected,
+    engineio_exceptions.SocketIsClosedError,
+    ConnectionError,
+)
 
 # --- limits -------------------------------------------------------------------------------------
 
@@ -193,6 +202,10 @@ class FastSendWebSocketProtocol(WebSocketsSansIOProtocol):
         if not self.writable.is_set():
             await self.writable.wait()
         if not self._open_for_data():
+            if self.transport.is_closing():
+                # The peer is gone and uvicorn has not been told yet: its path would write every
+                # text to the dead transport (asyncio logs "socket.send() raised exception." for each).
+                raise ClientDisconnected()
             for text in texts:  # uvicorn's path: raises as it would for a closed connection
                 await super().send({"type": "websocket.send", "text": text})
             return
@@ -340,8 +353,9 @@ class StrictSocketIOServer(socketio.AsyncServer):
 
     The library logs a traceback for such a packet and keeps the connection (the reference
     Socket.IO server closes it). Our clients send only CONNECT and DISCONNECT, as the gateway
-    accepts no client events, so binary packets are refused too: they announce attachments that
-    the library would keep until the connection ends (found by tests/test_protocol_abuse.py).
+    accepts no client events: EVENT and ACK packets are dropped unread, and binary packets are
+    refused: they announce attachments that the library would keep until the connection ends
+    (found by tests/test_protocol_abuse.py).
     Malformed Engine.IO packets are refused by :class:`StrictEngineIOSocket`.
     """
 
@@ -353,14 +367,58 @@ class StrictSocketIOServer(socketio.AsyncServer):
             eio_socket.__class__ = StrictEngineIOSocket
         return await super()._handle_eio_connect(eio_sid, environ)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._talkers: set[str] = set()  # Engine.IO sessions whose client events were ignored (logged once)
+
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
             if not isinstance(data, str) or data[:1] in ("5", "6"):
                 raise ValueError("binary packets are not accepted")
-            await super()._handle_eio_message(eio_sid, data)
+            if data[:1] in _CLIENT_EVENT_TYPES:
+                self._ignore_client_event(eio_sid, data)
+            else:
+                await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
             log.info("Closing Socket.IO connection %s: bad packet (%s)", eio_sid, str(exc)[:120])
             await close_engine_socket(self, eio_sid)
+
+    def _ignore_client_event(self, eio_sid: str, data: str) -> None:
+        """Drop an EVENT or ACK a client sent, instead of python-socketio dispatching it.
+
+        Clients only listen. The library would decode the packet and start a task for it
+        (``async_handlers``) just to find no handler: 200,000 client events cost 20.5 s of the
+        loop's CPU (issue 15). Here it costs one ``json.loads``, kept so that a malformed packet
+        still closes the connection (ValueError, RecursionError) as it did.
+        """
+        _event_arguments(data)
+        if eio_sid not in self._talkers:
+            self._talkers.add(eio_sid)
+            log.info("Ignoring events sent by Socket.IO connection %s: clients only listen", eio_sid)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        self._talkers.discard(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+
+#: Socket.IO packet types a listening client has no reason to send: EVENT ("2") and ACK ("3").
+_CLIENT_EVENT_TYPES = ("2", "3")
+
+
+def _event_arguments(data: str) -> list[Any]:
+    """The arguments of a Socket.IO EVENT or ACK packet ``<type>[/namespace,][id][...]``.
+
+    Raises ValueError (or RecursionError) where python-socketio would fail on the packet.
+    """
+    rest = data[1:]
+    if rest.startswith("/"):
+        _, comma, rest = rest.partition(",")
+        if not comma:
+            raise ValueError("a namespace without arguments")
+    arguments = json.loads(rest.lstrip("0123456789"))
+    if not isinstance(arguments, list) or not arguments:
+        raise ValueError("an event's arguments must be a non-empty JSON array")
+    return arguments
 
 
 def create_socketio_server(origin_allowed: Callable[..., bool]) -> StrictSocketIOServer:
