@@ -152,7 +152,7 @@ def _csv_outcome(text: str, limits: Limits) -> tuple[str, int, Any, str | None]:
     rows = parse_csv(text, limits)
     payload_json = json.dumps(rows, ensure_ascii=False)  # what the store would write, built once
     if len(payload_json) > limits.max_decoded_chars:
-        raise DecodeError(_too_big("CSV", len(payload_json), limits))
+        raise LimitExceeded(_too_big("CSV", len(payload_json), limits))
     return CSV_BATCH, len(rows), rows, payload_json
 
 
@@ -182,7 +182,7 @@ def parse_json(text: str, limits: Limits | None = None) -> Any:
     """Strict JSON (no NaN/Infinity), with the position of the first error, within the limits."""
     limits = limits or Limits()
     if len(text) > limits.max_decoded_chars:
-        raise DecodeError(_too_big("JSON", len(text), limits))
+        raise LimitExceeded(_too_big("JSON", len(text), limits))
     try:
         payload = _STRICT_JSON.decode(text)
     except json.JSONDecodeError as exc:
@@ -240,6 +240,10 @@ def _reject_constant(name: str) -> Any:
 _STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+class LimitExceeded(DecodeError):
+    """The record is well formed but would become more than a limit allows (the producer API: 413)."""
+
+
 class CsvFormatError(DecodeError):
     """The text is not a CSV table (as opposed to a table over a limit)."""
 
@@ -263,14 +267,14 @@ def _csv_header(first: list[str] | None, limits: Limits) -> list[str]:
     if first is None:
         raise CsvFormatError("CSV has no header row")
     if len(first) > limits.max_csv_columns:
-        raise DecodeError(
+        raise LimitExceeded(
             f"CSV has {len(first):,} columns: at most {limits.max_csv_columns:,} are allowed "
             "(MAX_CSV_COLUMNS)"
         )
     header = [name.strip() for name in first]
     longest = max(map(len, header))
     if longest > limits.max_column_name_chars:
-        raise DecodeError(
+        raise LimitExceeded(
             f"CSV has {len(header):,} columns whose names are up to {longest:,} characters: column names "
             f"are limited to {limits.max_column_name_chars:,} characters (MAX_COLUMN_NAME_CHARS)"
         )
@@ -298,7 +302,7 @@ def _csv_rows(reader: Iterator[list[str]], header: list[str], limits: Limits) ->
         if len(row) != width:
             raise CsvFormatError(f"CSV row {len(rows) + 2} has {len(row)} fields, the header has {width}")
         if len(rows) == max_rows:
-            raise DecodeError(_too_many_rows(len(rows), header, per_row, limits))
+            raise LimitExceeded(_too_many_rows(len(rows), header, per_row, limits))
         rows.append(dict(zip(header, row, strict=True)))
     if not rows:
         raise CsvFormatError("CSV has a header row but no data rows")

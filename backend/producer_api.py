@@ -9,6 +9,7 @@ client sent, with the ``data-type`` header the consumers use to decode it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Security
@@ -26,7 +27,7 @@ from backend.gateway.http_policy import (
     require_token,
 )
 from backend.limits import LimitReached
-from backend.processing import DecodeError, parse_csv, parse_json
+from backend.processing import DecodeError, LimitExceeded, Limits, parse_csv, parse_json
 from backend.wire import ProducedBody, ProducedCsvBody, produced_body
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,9 @@ def produce_errors(bad_request: str) -> dict[int | str, dict[str, Any]]:
     return {
         **bad_request_doc(bad_request),
         413: error_doc(
-            "The body is over MAX_MESSAGE_BYTES; it was not read to its end and nothing was produced"
+            "The body is over MAX_MESSAGE_BYTES (it was not read to its end), or it would be over one of "
+            "the consumers' decoding limits (MAX_DECODED_CHARS, MAX_CSV_COLUMNS, MAX_COLUMN_NAME_CHARS, "
+            "MAX_CSV_ROWS): nothing was produced"
         ),
         429: error_doc("The topic does not exist and MAX_CREATED_TOPICS were created; nothing was produced"),
         503: error_doc("The broker did not take the record (unreachable, or timed out)"),
@@ -163,6 +166,23 @@ async def csv_upload(request: Request, body: bytes, limit: int) -> bytes:
     return data
 
 
+async def decoded_as_the_consumers_would(
+    backend: Any, parse: Callable[[str, Limits], Any], body: bytes, prefix: str = ""
+) -> Any:
+    """Parse the body as the consumers will, with their limits: a 201 means it can be processed.
+
+    In a worker thread: a big CSV or JSON document takes seconds to parse, and this event loop
+    also serves the gateway. Malformed: 400; well formed but over a limit once decoded: 413.
+    """
+    limits = Limits.from_settings(backend.settings)
+    try:
+        return await run_in_threadpool(parse, utf8(body), limits)
+    except LimitExceeded as exc:
+        raise HTTPException(413, f"the consumers would refuse this record: {exc}") from None
+    except DecodeError as exc:
+        raise BadRequest(f"{prefix}{exc}") from None
+
+
 async def produce(backend: Any, topic: str, value: bytes, data_type: str) -> dict[str, Any]:
     """Produce the record (in a worker thread: kafka-python blocks); 400 or 503 when it is refused."""
     try:
@@ -205,10 +225,7 @@ async def send_single(request: Request, topic: Topic = None) -> JSONResponse:
     body = await read_body(request, backend.settings.max_message_bytes)
     if not body.strip():
         raise BadRequest("empty body: send a JSON value")
-    try:
-        parse_json(utf8(body))
-    except DecodeError as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
+    await decoded_as_the_consumers_would(backend, parse_json, body, "body is not JSON: ")
     result = await produce(backend, topic, body, SINGLE_MESSAGE)
     return JSONResponse(result, status_code=201)
 
@@ -237,10 +254,7 @@ async def send_csv(request: Request, topic: Topic = None) -> JSONResponse:
         raise BadRequest(f"Content-Type must be text/csv or multipart/form-data (got {kind[:60]!r})")
     if not document.strip():
         raise BadRequest("empty CSV document")
-    try:
-        rows = parse_csv(utf8(document))
-    except DecodeError as exc:
-        raise BadRequest(str(exc)) from None
+    rows = await decoded_as_the_consumers_would(backend, parse_csv, document)
     result = await produce(backend, topic, document, CSV_BATCH)
     return JSONResponse({**result, "rowCount": len(rows)}, status_code=201)
 

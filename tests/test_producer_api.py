@@ -164,6 +164,7 @@ JSON = {"Content-Type": "application/json"}
 CSV = {"Content-Type": "text/csv"}
 TOO_BIG_JSON = b'{"pad": "' + b"x" * LIMIT + b'"}'
 TOO_BIG_CSV = b"a,b\n" + b"1,2\n" * (LIMIT // 4 + 1)
+LONG_NAME_CSV = b"x" * 2000 + b",b\n1,2\n"
 
 
 def chunks(data: bytes) -> Iterator[bytes]:
@@ -204,6 +205,10 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], dict[str, Any], int, str]] = 
     ("multipart-no-file", "csv", {}, {"files": {"upload": ("x.csv", b"a,b\n1,2\n")}}, 400, "'file'"),
     ("multipart-header-only", "csv", {}, {"files": {"file": ("x.csv", b"a,b\n")}}, 400, "no data rows"),
     ("multipart-too-large", "csv", {}, {"files": {"file": ("x.csv", TOO_BIG_CSV)}}, 413, "limit"),
+    # Well formed, but the consumers would refuse it once decoded (issue 15: a 201 must mean it can be
+    # processed): the issue's poison had 2,000-character column names.
+    ("csv-long-column-name", "csv", {}, {"content": LONG_NAME_CSV, "headers": CSV}, 413, "MAX_COLUMN_NAME"),
+    ("deep-json", "single", {}, {"content": b"[" * 100 + b"]" * 100, "headers": JSON}, 400, "MAX_JSON_DEPTH"),
 ]
 BAD_TOPICS = [
     None,
