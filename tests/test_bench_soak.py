@@ -32,3 +32,23 @@ def test_soak_loses_nothing_doubles_nothing_and_counts_exactly(tmp_path: Path) -
     full = json.loads((tmp_path / "soak-latest.json").read_text())
     assert full["figures"]["samples"] >= 1
     assert full["mix_counts"]["api_poison_refused"] > 0 and full["mix_counts"]["idle_opened"] >= 40
+
+
+def test_the_monitor_counts_gaps_duplicates_and_wrong_sequences() -> None:
+    """The checker itself: a verdict of 0 means something only if it can say otherwise."""
+    from bench.soak_mix import Monitor
+
+    monitor = Monitor(port=0)
+    frames = [
+        ("connection-success", 0, {}),
+        ("message-received", 1, {"logId": "a"}),
+        ("processing-started", 2, {"logId": "a"}),
+        ("processing-completed", 2, {"logId": "a"}),  # a duplicate seq
+        ("processing-completed", 3, {"logId": "a"}),
+        ("message-received", 6, {"logId": "b"}),  # seq 4 and 5 lost
+        ("processing-failed", 7, {"logId": "b"}),  # started never came
+    ]
+    for name, seq, data in frames:
+        monitor.on_frame({"event": name, "seq": seq, "data": data})
+    assert (monitor.received, monitor.gaps, monitor.duplicates) == (5, 2, 1)
+    assert monitor.wrong_sequences() == [("b", "RF")] and monitor.outcomes() == {"C": 1}
