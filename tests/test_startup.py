@@ -88,3 +88,22 @@ def test_start_returns_serving_and_the_startup_objects_leave_the_collector(tmp_p
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["serving"] is True
     assert report["frozen"] > 40_000 and report["tracked"] < 1_000, report
+
+
+def test_a_corrupted_database_stops_start_up_with_one_line_naming_data_dir(tmp_path: Path) -> None:
+    """The issue: the backend started and answered health 200 on a garbage database file."""
+    (tmp_path / "dashboard.sqlite3").write_bytes(b"this is not a database" * 100)
+    result = start(tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATA_DIR" in lines[0] and str(tmp_path) in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unusable_data_dir_stops_start_up_with_one_line_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = start(tmp_path, DATA_DIR=str(blocker / "data"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATA_DIR" in lines[0] and "Traceback" not in result.stderr

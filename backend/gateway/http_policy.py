@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.config import Settings
 from backend.events import iso_from_ms
+from backend.store import StoreUnavailable
 from backend.wire import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -363,6 +365,18 @@ def create_api(
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, _validation_message(exc))
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    @app.exception_handler(StoreUnavailable)
+    async def store_error(request: Request, exc: Exception) -> JSONResponse:
+        # e.g. a page corrupted after start: say so, and where, instead of a plain-text 500.
+        log.error("store read failed for %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, f"the store cannot be read: {exc} (DATA_DIR={settings.data_dir})")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback; the client gets the same {"error"} shape as every answer.
+        return error_response(500, f"internal error: {type(exc).__name__}")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
