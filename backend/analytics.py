@@ -6,20 +6,31 @@ rows (dicts) that the dashboard turns into tables and charts; pages never see
 SQL. Times are epoch milliseconds; a bucket is a width in milliseconds, and a
 row's bucket is the start of the bucket its ``received_ms`` falls in.
 
-Payload fields are read with SQLite's JSON functions: ``json_each`` over a
-JSON object (a single message) or over the rows of a CSV batch (an array of
-objects whose values are text), so a numeric column of a CSV file can be
-charted like a number in a JSON message.
+Counts and trends (throughput, volume, failure rate, topic summary, time bounds)
+stay exact when RETENTION prunes old logs: each query reads, in one snapshot,
+the stored rows from the watermark on and the per-minute aggregates before it
+(backend/retention.py); before the watermark, times are resolved to the minute.
+Latency percentiles, errors and payload fields need the rows themselves, so
+they cover only the kept logs: :func:`kept_from` says since when.
+
+Payload fields are read with SQLite's JSON functions: ``json_tree`` over a
+JSON object (a single message; nested objects give paths such as ``a.b.c``)
+or over the rows of a CSV batch (an array of objects whose values are text),
+so a numeric column of a CSV file can be charted like a number in a JSON
+message. Values inside arrays are left out (``items[0].price`` is no field).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from backend.events import FAILED, PROCESSED
+from backend.retention import watermark
 from backend.store import Store
 
 # Fixed expressions for the latency kinds; never built from user input.
@@ -34,6 +45,10 @@ _NUMERIC = (
     "AND trim(j.value) NOT GLOB '*[^0-9.eE+-]*' AND trim(j.value) GLOB '*[0-9]*'))"
 )
 _SQL_PARAM_CHUNK = 500
+#: numeric_fields reads at most this many records (the newest of the range), and says so when the
+#: range holds more: a bound on the time one query takes on a big store (~1 s for 20,000 small JSON
+#: records on the 2 shared cores measured; json_tree costs ~10-20 µs a record).
+MAX_FIELD_RECORDS = 20_000
 
 
 def _range(
@@ -59,22 +74,76 @@ def _dicts(cursor: Any) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def time_bounds(store: Store) -> tuple[int | None, int | None]:
-    """The received time of the oldest and of the newest stored record."""
+@contextmanager
+def _snapshot(store: Store) -> Iterator[tuple[sqlite3.Connection, int]]:
+    """A read transaction and the watermark in it: a prune between two reads cannot skew a count."""
     with store.read() as db:
-        first, last = db.execute("SELECT MIN(received_ms), MAX(received_ms) FROM logs").fetchone()
+        db.execute("BEGIN")
+        try:
+            yield db, watermark(db)
+        finally:
+            db.execute("COMMIT")  # a read transaction: nothing to keep or undo
+
+
+def _counted(
+    kept_from: int, since_ms: int | None, until_ms: int | None, topics: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    """Rows (t, topic, status, messages, rows, last_ms): one per kept log from ``kept_from`` on, one
+    per aggregate (a minute, topic, status and dataType) before it."""
+    kept_where, kept_params = _range(since_ms, until_ms, topics)
+    old_where, old_params = _range(since_ms, until_ms, topics, column="minute_ms")
+    sql = f"""
+        SELECT received_ms AS t, topic, status, 1 AS messages, row_count AS rows, received_ms AS last_ms
+        FROM log_rows WHERE received_ms >= ? {kept_where}
+        UNION ALL
+        SELECT minute_ms, topic, status, messages, rows, last_ms
+        FROM log_minutes WHERE minute_ms < ? {old_where}
+    """
+    return sql, [kept_from, *kept_params, kept_from, *old_params]
+
+
+def kept_from(store: Store) -> int | None:
+    """Logs received before this were pruned (RETENTION); None when none were.
+
+    Latency percentiles, errors and payload fields come from kept logs only: a chart of them over
+    an earlier range says so.
+    """
+    with store.read() as db:
+        return watermark(db) or None
+
+
+def time_bounds(store: Store) -> tuple[int | None, int | None]:
+    """The received time of the oldest and of the newest record ever stored (pruned ones: their
+    minute)."""
+    sql = """
+        SELECT MIN(first), MAX(last) FROM (
+            SELECT MIN(received_ms) AS first, MAX(received_ms) AS last FROM log_rows WHERE received_ms >= ?
+            UNION ALL
+            SELECT MIN(minute_ms), MAX(last_ms) FROM log_minutes WHERE minute_ms < ?
+        )
+    """
+    with _snapshot(store) as (db, kept):
+        first, last = db.execute(sql, (kept, kept)).fetchone()
     return first, last
 
 
 def throughput(store: Store, since_ms: int, bucket_ms: int = 1000) -> list[dict[str, Any]]:
-    """Outcomes per bucket of completion time and status: {bucket, status, count}."""
-    sql = (
-        "SELECT (completed_ms / ?) * ? AS bucket, status, COUNT(*) AS count FROM logs "
-        "WHERE received_ms >= ? AND completed_ms >= ? GROUP BY bucket, status ORDER BY bucket"
-    )
-    # received_ms bounds the scan through its index; completion comes after receipt.
-    params = [bucket_ms, bucket_ms, int(since_ms) - 60_000, int(since_ms)]
-    with store.read() as db:
+    """Outcomes per bucket of completion time and status: {bucket, status, count}.
+
+    Pruned history is counted per minute of receipt (completion times are gone with the rows).
+    """
+    sql = """
+        SELECT (t / ?) * ? AS bucket, status, SUM(messages) AS count FROM (
+            SELECT completed_ms AS t, status, 1 AS messages FROM log_rows
+            WHERE received_ms >= ? AND completed_ms >= ?
+            UNION ALL
+            SELECT minute_ms, status, messages FROM log_minutes WHERE minute_ms < ? AND minute_ms >= ?
+        ) GROUP BY bucket, status ORDER BY bucket
+    """
+    since = int(since_ms)
+    with _snapshot(store) as (db, kept):
+        # received_ms bounds the scan through its index; completion comes after receipt.
+        params = [bucket_ms, bucket_ms, max(since - 60_000, kept), since, kept, since]
         return _dicts(db.execute(sql, params))
 
 
@@ -86,13 +155,12 @@ def volume(
     topics: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Records and data rows per bucket, topic and status: {bucket, topic, status, messages, rows}."""
-    where, params = _range(since_ms, until_ms, topics)
-    sql = (
-        "SELECT (received_ms / ?) * ? AS bucket, topic, status, COUNT(*) AS messages, "
-        f"SUM(row_count) AS rows FROM logs WHERE 1 = 1 {where} "
-        "GROUP BY bucket, topic, status ORDER BY bucket, topic, status"
-    )
-    with store.read() as db:
+    with _snapshot(store) as (db, kept):
+        counted, params = _counted(kept, since_ms, until_ms, topics)
+        sql = (
+            "SELECT (t / ?) * ? AS bucket, topic, status, SUM(messages) AS messages, SUM(rows) AS rows "
+            f"FROM ({counted}) GROUP BY bucket, topic, status ORDER BY bucket, topic, status"
+        )
         return _dicts(db.execute(sql, [bucket_ms, bucket_ms, *params]))
 
 
@@ -104,13 +172,14 @@ def failure_rate(
     topics: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per bucket: {bucket, total, failed, rate} where rate is failed / total (0..1)."""
-    where, params = _range(since_ms, until_ms, topics)
-    sql = (
-        "SELECT (received_ms / ?) * ? AS bucket, COUNT(*) AS total, "
-        f"SUM(status = '{FAILED}') AS failed, AVG(status = '{FAILED}') AS rate "
-        f"FROM logs WHERE 1 = 1 {where} GROUP BY bucket ORDER BY bucket"
-    )
-    with store.read() as db:
+    failed = f"SUM(CASE WHEN status = '{FAILED}' THEN messages ELSE 0 END)"
+    with _snapshot(store) as (db, kept):
+        counted, params = _counted(kept, since_ms, until_ms, topics)
+        sql = (
+            f"SELECT (t / ?) * ? AS bucket, SUM(messages) AS total, {failed} AS failed, "
+            f"CAST({failed} AS REAL) / SUM(messages) AS rate "
+            f"FROM ({counted}) GROUP BY bucket ORDER BY bucket"
+        )
         return _dicts(db.execute(sql, [bucket_ms, bucket_ms, *params]))
 
 
@@ -125,7 +194,8 @@ def latency(
     """Latency percentiles (nearest rank) per bucket: {bucket, count, p50, p90, p99, max} in ms.
 
     ``processing`` is received → completed in the consumer; ``end_to_end`` is
-    the record's Kafka timestamp (set by its producer) → completed.
+    the record's Kafka timestamp (set by its producer) → completed. Kept logs only (see
+    :func:`kept_from`): a percentile cannot be rebuilt from per-minute sums.
     """
     expression, required = LATENCY_KINDS[kind]
     where, params = _range(since_ms, until_ms, topics)
@@ -156,7 +226,7 @@ def top_errors(
     until_ms: int | None = None,
     topics: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The most frequent exact error texts: {error, count, topics, first_ms, last_ms}."""
+    """The most frequent exact error texts: {error, count, topics, first_ms, last_ms} (kept logs)."""
     where, params = _range(since_ms, until_ms, topics)
     sql = (
         "SELECT error, COUNT(*) AS count, GROUP_CONCAT(DISTINCT topic) AS topics, "
@@ -170,13 +240,17 @@ def top_errors(
 
 def topic_summary(store: Store, since_ms: int | None = None) -> list[dict[str, Any]]:
     """Per topic: {topic, total, processed, failed, rows, last_ms}, busiest first."""
-    where, params = _range(since_ms, None, None)
-    sql = (
-        f"SELECT topic, COUNT(*) AS total, SUM(status = '{PROCESSED}') AS processed, "
-        f"SUM(status = '{FAILED}') AS failed, SUM(row_count) AS rows, MAX(received_ms) AS last_ms "
-        f"FROM logs WHERE 1 = 1 {where} GROUP BY topic ORDER BY total DESC, topic"
-    )
-    with store.read() as db:
+
+    def of(status: str) -> str:
+        return f"SUM(CASE WHEN status = '{status}' THEN messages ELSE 0 END)"
+
+    with _snapshot(store) as (db, kept):
+        counted, params = _counted(kept, since_ms, None, None)
+        sql = (
+            f"SELECT topic, SUM(messages) AS total, {of(PROCESSED)} AS processed, {of(FAILED)} AS failed, "
+            f"SUM(rows) AS rows, MAX(last_ms) AS last_ms FROM ({counted}) "
+            "GROUP BY topic ORDER BY total DESC, topic"
+        )
         return _dicts(db.execute(sql, params))
 
 
@@ -265,18 +339,26 @@ def failed_records(store: Store, errors: Iterable[str | None], limit: int = 200)
 # --- numeric payload fields --------------------------------------------------------------------
 
 
+#: A field's name: a top-level key as it is ("unit price"), a nested one as its JSON path without
+#: the "$." ("a.b.c", quoted where needed: 'a."b c"'). Never built from user input.
+_FIELD = "CASE WHEN j.path = '$' THEN j.key ELSE substr(j.fullkey, 3) END"
+#: Not an element of an array, nor anything under one (arrays have no stable field names).
+_NOT_IN_ARRAY = "typeof(j.key) = 'text' AND j.path NOT GLOB '*[[]*'"
+
+
 def _payload_values(where: str) -> str:
-    """(received_ms, key, value) for every top-level field of a JSON object payload and of every
-    row of a CSV batch (an array of objects), restricted to numbers."""
+    """(received_ms, key, value) for every numeric field, nested ones too, of a JSON object payload
+    and of every row of a CSV batch (an array of objects)."""
     return f"""
-        SELECT l.received_ms AS received_ms, j.key AS key, CAST(j.value AS REAL) AS value
-        FROM logs AS l, json_each(l.payload) AS j
-        WHERE l.payload IS NOT NULL AND json_type(l.payload) = 'object' AND {_NUMERIC} {where}
+        SELECT l.received_ms AS received_ms, {_FIELD} AS key, CAST(j.value AS REAL) AS value
+        FROM logs AS l, json_tree(l.payload) AS j
+        WHERE l.payload IS NOT NULL AND json_type(l.payload) = 'object' AND {_NUMERIC} AND {_NOT_IN_ARRAY}
+              {where}
         UNION ALL
-        SELECT l.received_ms, j.key, CAST(j.value AS REAL)
-        FROM logs AS l, json_each(l.payload) AS r, json_each(r.value) AS j
+        SELECT l.received_ms, {_FIELD}, CAST(j.value AS REAL)
+        FROM logs AS l, json_each(l.payload) AS r, json_tree(r.value) AS j
         WHERE l.payload IS NOT NULL AND json_type(l.payload) = 'array' AND r.type = 'object'
-              AND {_NUMERIC} {where}
+              AND {_NUMERIC} AND {_NOT_IN_ARRAY} {where}
     """
 
 
@@ -285,21 +367,36 @@ def numeric_fields(
     since_ms: int | None = None,
     until_ms: int | None = None,
     topics: Sequence[str] | None = None,
-    sample: int = 2000,
+    sample: int = MAX_FIELD_RECORDS,
 ) -> list[dict[str, Any]]:
-    """Top-level numeric payload fields among the newest ``sample`` records: {field, count}."""
+    """Numeric payload fields of the processed records in range, most frequent first:
+    {field, count, records, sampled}.
+
+    ``count`` is exact: every value of the field (a CSV batch of 100 rows gives 100) in the
+    ``records`` records read. Those are all of the range's kept records, or, when it holds more
+    than ``sample``, its newest ``sample`` ones and ``sampled`` is true (say so beside the count).
+    """
     where, params = _range(since_ms, until_ms, topics, column="l.received_ms")
     where = where.replace("topic IN", "l.topic IN")
+    chosen = (
+        f"SELECT log_id FROM log_rows AS l WHERE l.status = '{PROCESSED}' {where} "
+        "ORDER BY l.received_ms DESC LIMIT ?"
+    )
     sql = f"""
-        WITH recent AS (
-            SELECT log_id FROM logs AS l WHERE l.status = '{PROCESSED}' {where}
-            ORDER BY l.received_ms DESC LIMIT ?
-        ), v AS ({_payload_values("AND l.log_id IN (SELECT log_id FROM recent)")})
+        WITH recent AS ({chosen}),
+        v AS ({_payload_values("AND l.log_id IN (SELECT log_id FROM recent)")})
         SELECT key AS field, COUNT(*) AS count FROM v WHERE key IS NOT NULL
         GROUP BY key ORDER BY count DESC, key LIMIT 200
     """
-    with store.read() as db:
-        return _dicts(db.execute(sql, [*params, int(sample)]))
+    limit = max(int(sample), 1)
+    with _snapshot(store) as (db, _):
+        records = db.execute(f"SELECT COUNT(*) FROM ({chosen})", [*params, limit + 1]).fetchone()[0]
+        rows = _dicts(db.execute(sql, [*params, limit]))
+    sampled = records > limit
+    for row in rows:
+        row["records"] = min(records, limit)
+        row["sampled"] = sampled
+    return rows
 
 
 def field_series(
@@ -310,13 +407,15 @@ def field_series(
     until_ms: int | None = None,
     topics: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One numeric payload field per bucket: {bucket, count, sum, mean, min, max}.
+    """One numeric payload field (a name as :func:`numeric_fields` lists it) per bucket:
+    {bucket, count, sum, mean, min, max}.
 
-    Counts every value of the field: a CSV batch of 100 rows contributes 100 values.
+    Counts every value of the field: a CSV batch of 100 rows contributes 100 values. Kept logs
+    only (see :func:`kept_from`).
     """
     where, params = _range(since_ms, until_ms, topics, column="l.received_ms")
     where = where.replace("topic IN", "l.topic IN")
-    values = _payload_values(f"AND j.key = ? AND l.status = '{PROCESSED}' {where}")
+    values = _payload_values(f"AND {_FIELD} = ? AND l.status = '{PROCESSED}' {where}")
     sql = f"""
         SELECT (received_ms / ?) * ? AS bucket, COUNT(value) AS count, SUM(value) AS sum,
                AVG(value) AS mean, MIN(value) AS min, MAX(value) AS max

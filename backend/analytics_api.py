@@ -104,8 +104,9 @@ def analytics_router(store: Callable[[], Store | None]) -> APIRouter:
         summary="When the oldest and the newest stored record were received",
     )
     def bounds() -> wire.TimeBoundsBody:
-        first, last = analytics.time_bounds(opened())
-        return wire.TimeBoundsBody(first_ms=first, last_ms=last)
+        current = opened()
+        first, last = analytics.time_bounds(current)
+        return wire.TimeBoundsBody(first_ms=first, last_ms=last, kept_from_ms=analytics.kept_from(current))
 
     @router.get(
         "/analytics/throughput",
@@ -188,15 +189,15 @@ def analytics_router(store: Callable[[], Store | None]) -> APIRouter:
         "/analytics/fields",
         tags=ANALYTICS,
         responses=BAD_REQUEST,
-        summary="Numeric top-level payload fields among the newest records",
+        summary="Numeric payload fields (nested too) and how many values of each are stored",
     )
     def numeric_fields(
         since_ms: SinceMs = None,
         until_ms: UntilMs = None,
         topics: Topics = None,
         sample: Annotated[
-            int, Query(ge=1, le=100_000, description="How many newest records to look at")
-        ] = 2000,
+            int, Query(ge=1, le=1_000_000, description="At most how many newest records to read")
+        ] = analytics.MAX_FIELD_RECORDS,
     ) -> list[wire.FieldCountRow]:
         rows = analytics.numeric_fields(opened(), since_ms, until_ms, _checked(topics), sample)
         return rows  # type: ignore[return-value]

@@ -26,6 +26,47 @@ class ConfigError(ValueError):
     """A setting has a value we cannot use; the message names the variable."""
 
 
+_AGE_UNITS_MS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1_000}
+#: More than this many years of age, or logs, is a typo rather than a retention.
+_MAX_RETENTION_MS = 100 * 365 * 86_400_000
+_MAX_RETENTION_COUNT = 10**12
+
+
+@dataclass(frozen=True)
+class Retention:
+    """RETENTION: keep logs received in the last ``max_age_ms``, or the newest ``max_count`` logs.
+
+    Exactly one of the two is set. Counters and trends stay exact either way (backend/retention.py).
+    """
+
+    max_age_ms: int | None = None
+    max_count: int | None = None
+
+    @classmethod
+    def parse(cls, raw: str) -> Retention | None:
+        """``7d``, ``12h``, ``30m``, ``90s`` (an age) or ``1000000`` (a count); None when empty."""
+        text = raw.strip().lower().replace("_", "").replace(",", "")  # 1_000_000 and 1,000,000 too
+        if not text:
+            return None
+        match = re.fullmatch(r"(\d{1,15})\s*([dhms]?)", text)
+        if match is None:
+            raise ConfigError(
+                f"RETENTION={raw.strip()!r} is neither an age (7d, 12h, 30m, 90s) "
+                "nor a count of logs (1000000)"
+            )
+        number, unit = int(match.group(1)), match.group(2)
+        if number < 1:
+            raise ConfigError(f"RETENTION={raw.strip()!r} keeps nothing; leave it unset to keep everything")
+        if not unit:
+            if number > _MAX_RETENTION_COUNT:
+                raise ConfigError(f"RETENTION={number} is out of range (1..{_MAX_RETENTION_COUNT} logs)")
+            return cls(max_count=number)
+        age_ms = number * _AGE_UNITS_MS[unit]
+        if age_ms > _MAX_RETENTION_MS:
+            raise ConfigError(f"RETENTION={raw.strip()!r} is out of range (at most 100 years)")
+        return cls(max_age_ms=age_ms)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the backend and the dashboard read from the environment."""
@@ -64,6 +105,7 @@ class Settings:
     max_connections: int | None = None  # None: the open-file limit minus a reserve (backend.http_server)
     max_created_topics: int = 100
     max_consumers: int = 32
+    retention: Retention | None = None  # None: keep every log
 
     @property
     def decoded_limit(self) -> int:
@@ -144,6 +186,7 @@ class Settings:
             max_connections=_int(env, "MAX_CONNECTIONS", 0, 1, 10_000_000) or None,  # unset: None
             max_created_topics=_int(env, "MAX_CREATED_TOPICS", 100, 0, 1_000_000),
             max_consumers=_int(env, "MAX_CONSUMERS", 32, 1, 1024),
+            retention=Retention.parse(env.get("RETENTION", "")),
         )
 
 

@@ -140,7 +140,7 @@ class Backend:
 
             check_library_versions()
         http = HttpServers(self) if serve_http else None  # binds both ports now: a clear error if in use
-        self.store = Store(self.settings.data_dir)
+        self.store = Store(self.settings.data_dir, retention=self.settings.retention)
         start_seq = int(self.store.get_meta("seq_reserved") or 0)
         self.bus = EventBus(
             start_seq=start_seq, reserve=lambda n: self.store.set_meta("seq_reserved", str(n))

@@ -4,8 +4,10 @@ Only final outcomes (PROCESSED or FAILED) are written, a poll batch per
 transaction; the row is keyed by ``log_id``, which is derived from
 cluster/topic/partition/offset, so a redelivered record can never be stored
 or counted twice. Offsets are committed to Kafka only after this returns.
-Counters are kept in memory, loaded from the rows at open and advanced by the
-inserts that actually happened, so they are exact and survive restarts.
+Counters are kept in memory, loaded at open from the per-minute aggregates
+(backend/retention.py, written in the same transaction as the rows) and advanced
+by the inserts that actually happened, so they are exact, survive restarts and
+survive the pruning of old logs (RETENTION).
 Records received but not yet stored are tracked in memory (``in_flight``).
 
 Layout (schema 2): ``log_rows`` holds what lists, filters, counts and exports
@@ -38,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend import retention as aggregates
 from backend import wire
-from backend.config import ConfigError
+from backend.config import ConfigError, Retention
 from backend.events import FAILED, PROCESSED
 
 log = logging.getLogger(__name__)
@@ -302,6 +305,15 @@ def _prepare(row: LogRow) -> _Prepared:
     return _Prepared(row, (*head, None, None, 1, preview), (row.log_id, payload, result))
 
 
+def _as_stored(rows: list[LogRow], outcomes: list[Saved]) -> Iterator[tuple[LogRow, str]]:
+    """The rows added by a save, each with the status it was stored with (a replaced one: FAILED)."""
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if outcome.kind == INSERTED:
+            yield row, row.status
+        elif outcome.kind == REPLACED:
+            yield row, FAILED
+
+
 def as_failed(row: LogRow, reason: str) -> LogRow:
     """The FAILED row stored in place of one the store refused: no payload, the reason as error."""
     error = reason if not row.error else f"{reason}; {row.error[:1000]}"
@@ -311,10 +323,13 @@ def as_failed(row: LogRow, reason: str) -> LogRow:
 class Store:
     """SQLite in WAL mode; one writer connection behind a lock, one reader per thread."""
 
-    def __init__(self, data_dir: Path, value_limit_bytes: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, value_limit_bytes: int | None = None, retention: Retention | None = None
+    ) -> None:
         """Open (create, migrate, check) the store in ``data_dir``; :class:`StoreOpenError` if unusable.
 
         ``value_limit_bytes`` lowers SQLite's limit on one stored value (1 GB by default).
+        ``retention`` (RETENTION) starts a background thread that prunes old logs.
         """
         self.data_dir = data_dir
         self.path = data_dir / DB_NAME
@@ -343,6 +358,10 @@ class Store:
             target=self._checkpoint_loop, name="store-checkpoint", daemon=True
         )
         self._checkpointer.start()
+        self.retention = retention
+        self.pruner = aggregates.Pruner(self, retention) if retention is not None else None
+        if self.pruner is not None:
+            self.pruner.start()
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -356,6 +375,7 @@ class Store:
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError("integrity check failed: " + "; ".join(problems))
             self._upgrade(connection)
+            aggregates.prepare(connection)
             return connection
         except sqlite3.Error as exc:
             if connection is not None:
@@ -458,10 +478,8 @@ class Store:
             self._readers[threading.current_thread()] = connection
 
     def _load_counts(self) -> tuple[int, int]:
-        counts = dict(
-            self._writer.execute("SELECT status, COUNT(*) FROM log_rows GROUP BY status").fetchall()
-        )
-        return counts.get(PROCESSED, 0), counts.get(FAILED, 0)
+        """From the aggregates, not the rows: pruned logs stay counted."""
+        return aggregates.stored_counts(self._writer)
 
     # --- closing and checkpoints ---------------------------------------------------------------
 
@@ -471,6 +489,8 @@ class Store:
         After this the database file alone holds every row (it can be copied without -wal/-shm).
         Safe to call twice.
         """
+        if self.pruner is not None:
+            self.pruner.stop()
         self._stop_checkpoints.set()
         self._checkpointer.join(10)
         with self._write_lock:
@@ -625,6 +645,7 @@ class Store:
                 cursor.execute("ROLLBACK")
                 cursor.execute("BEGIN IMMEDIATE")
                 outcomes = self._insert_each(cursor, prepared, self._present_locked(cursor, rows))
+            aggregates.add(cursor, _as_stored(rows, outcomes))
             self._rows_since_checkpoint += sum(outcome.new for outcome in outcomes)
         self._count(rows, outcomes)
         return outcomes
@@ -729,6 +750,13 @@ class Store:
                     self._processed += 1
                 elif outcome.new:
                     self._failed += 1
+
+    def prune(self, now_ms: int | None = None) -> int:
+        """Apply RETENTION now (as at ``now_ms``); how many logs were deleted. See backend/retention.py."""
+        if self.retention is None:
+            return 0
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return aggregates.prune(self, self.retention, now)
 
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction() as cursor:

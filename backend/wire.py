@@ -238,6 +238,11 @@ class TimeBoundsBody(Row):
 
     first_ms: EpochMs | None
     last_ms: EpochMs | None
+    kept_from_ms: EpochMs | None = Field(
+        None,
+        description="Logs received before this were pruned (RETENTION): counts and volumes still "
+        "include them, latency percentiles, errors and payload fields do not; null: none were",
+    )
 
 
 class ThroughputRow(Row):
@@ -296,10 +301,12 @@ class TopicSummaryRow(Row):
 
 
 class FieldCountRow(Row):
-    """A numeric top-level payload field and how many values of it were found."""
+    """A numeric payload field (nested: ``a.b.c``) and how many values of it were found."""
 
     field: str
-    count: Count
+    count: Count = Field(description="Exact number of values in the records read")
+    records: Count = Field(0, description="How many records were read (processed, kept, in range)")
+    sampled: bool = Field(False, description="True: the range held more records; these are its newest")
 
 
 class FieldSeriesRow(Row):

@@ -35,6 +35,7 @@ from backend.config import Settings
 from backend.consumers import MAX_POLL_RECORDS, POLL_TIMEOUT_MS, consumer_options
 from backend.events import Event
 from backend.service import Backend, keep_startup_objects_out_of_gc
+from backend.store import DB_NAME
 from bench.common import Http, free_port, iso_to_ms, say
 from bench.profiling import PySpy
 
@@ -204,13 +205,35 @@ def pipeline(
         if not counter.done.wait(timeout):
             raise RuntimeError(f"pipeline stored {counter.outcomes} of {count} records within {timeout:.0f}s")
         stored = backend.store.counts() if backend.store else None
+        live_db, live_wal = disk_use(data_dir)
     finally:
         backend.stop()
     assert counter.first_iso is not None and counter.last_ms is not None
-    extra = {"stored": stored.total if stored else None}
+    closed_db, closed_wal = disk_use(data_dir)
+    records = stored.total if stored else 0
+    extra = {
+        "stored": stored.total if stored else None,
+        # Bytes on disk per stored record (database with its payloads + WAL): at the last outcome,
+        # and after the backend stopped (its final checkpoint folds the WAL into the database).
+        "store_db_bytes": live_db,
+        "store_wal_bytes": live_wal,
+        "store_bytes_per_record": round((live_db + live_wal) / records) if records else None,
+        "store_closed_db_bytes": closed_db,
+        "store_closed_wal_bytes": closed_wal,
+        "store_closed_bytes_per_record": round((closed_db + closed_wal) / records) if records else None,
+    }
     seconds = (counter.last_ms - iso_to_ms(counter.first_iso)) / 1000.0
     cpu = counter.cpu_last - (counter.cpu_first or 0.0)
     return Run(counter.outcomes, seconds, cpu, counter.failed), extra
+
+
+def disk_use(data_dir: Path) -> tuple[int, int]:
+    """(database file, WAL) sizes in bytes; payloads stored apart live in the database file."""
+    sizes = []
+    for name in (DB_NAME, DB_NAME + "-wal"):
+        path = data_dir / name
+        sizes.append(path.stat().st_size if path.exists() else 0)
+    return sizes[0], sizes[1]
 
 
 def run(
@@ -245,7 +268,8 @@ def run(
         "pipeline_s": round(piped.seconds, 3),
         "pipeline_msgs_per_s": round(piped.rate),
         "pipeline_failed": piped.failed,
-        "pipeline_stored": extra["stored"],
+        "pipeline_stored": extra.pop("stored"),
+        **extra,
         "pipeline_ratio": round(piped.rate / raw.rate, 3) if raw.rate else None,
         # CPU per record (all threads of this process): less sensitive to a busy machine than rates.
         "raw_cpu_us_per_msg": round(raw.cpu_us_per_record, 1),

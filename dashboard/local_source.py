@@ -148,6 +148,9 @@ class LocalSource:
     def time_bounds(self) -> tuple[int | None, int | None]:
         return analytics.time_bounds(self.store)
 
+    def kept_from(self) -> int | None:
+        return analytics.kept_from(self.store)
+
     def throughput(self, since_ms: int, bucket_ms: int = 1000) -> Rows:
         return analytics.throughput(self.store, since_ms, bucket_ms)
 

@@ -282,6 +282,9 @@ class RemoteSource:
         bounds = wire.parse(wire.TimeBoundsBody, self.rest.get("/api/analytics/bounds"))
         return bounds.first_ms, bounds.last_ms
 
+    def kept_from(self) -> int | None:
+        return wire.parse(wire.TimeBoundsBody, self.rest.get("/api/analytics/bounds")).kept_from_ms
+
     def throughput(self, since_ms: int, bucket_ms: int = 1000) -> Rows:
         query = {"sinceMs": since_ms, "bucketMs": bucket_ms}
         return wire.rows(wire.ThroughputRow, self.rest.get("/api/analytics/throughput", query))

@@ -108,6 +108,10 @@ class Source(Protocol):
 
     def time_bounds(self) -> tuple[int | None, int | None]: ...
 
+    def kept_from(self) -> int | None:
+        """Logs received before this were pruned (RETENTION); None when none were."""
+        ...
+
     def throughput(self, since_ms: int, bucket_ms: int = 1000) -> Rows: ...
 
     def volume(

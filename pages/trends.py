@@ -40,6 +40,13 @@ axis_start = start - start % bucket
 axis_end = max(end - end % bucket + bucket, axis_start + MIN_BARS * bucket)
 domain = (axis_start, axis_end)
 scope = {"since_ms": since, "until_ms": until, "topics": topics or None}
+# Counts survive RETENTION (per-minute aggregates); latency, errors and payload values need the logs.
+kept_from = src.kept_from()
+kept_only = (
+    f" Only logs kept since {fmt.when(kept_from)}: older ones were pruned (RETENTION)."
+    if kept_from is not None and (since is None or since < kept_from)
+    else ""
+)
 
 
 def download(rows: list[dict], name: str, key: str) -> None:
@@ -95,7 +102,7 @@ with row2[0]:
     download(rate, "failure-rate", "dl_failure_rate")
 with row2[1]:
     kinds = {"processing": "Received → completed", "end_to_end": "Produced → completed"}
-    section("Latency percentiles", "p50, p90 and p99 per bucket (nearest rank), in milliseconds.")
+    section("Latency percentiles", "p50, p90 and p99 per bucket (nearest rank), in milliseconds." + kept_only)
     kind = st.segmented_control(
         "Latency",
         list(kinds),
@@ -114,7 +121,7 @@ with row2[1]:
 
 row3 = st.columns(2, gap="large")
 with row3[0]:
-    section("Top errors", "The most frequent failure reasons in this range.")
+    section("Top errors", "The most frequent failure reasons in this range." + kept_only)
     errors = src.top_errors(15, **scope)
     if errors:
         frame = pd.DataFrame.from_records(errors)
@@ -134,8 +141,19 @@ with row3[0]:
         st.success("No failures in this range.", icon=":material/check_circle:")
     download(errors, "top-errors", "dl_errors")
 with row3[1]:
-    section("Payload field", "Any numeric field of the JSON messages or CSV rows, aggregated per bucket.")
     fields = src.numeric_fields(**scope)
+    read = fields[0].get("records", 0) if fields else 0
+    sampled = (
+        f" Counted in the newest {fmt.count(read)} records of this range."
+        if fields and fields[0].get("sampled")
+        else ""
+    )
+    section(
+        "Payload field",
+        "Any numeric field of the JSON messages or CSV rows (nested: a.b.c), aggregated per bucket."
+        + sampled
+        + kept_only,
+    )
     if not fields:
         st.caption("No numeric payload fields in this range.")
     else:

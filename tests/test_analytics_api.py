@@ -58,7 +58,8 @@ def test_the_answers_are_the_local_queries_in_camel_case(client: TestClient, sto
     count = client.get("/api/analytics/logs/count", params={"status": "FAILED"}).json()
     assert count == {"count": 20}
     bounds = client.get("/api/analytics/bounds").json()
-    assert list(bounds) == ["firstMs", "lastMs"] and bounds["firstMs"] < bounds["lastMs"]
+    assert list(bounds) == ["firstMs", "lastMs", "keptFromMs"] and bounds["firstMs"] < bounds["lastMs"]
+    assert bounds["keptFromMs"] is None  # nothing pruned
 
 
 def test_an_unknown_record_is_404(client: TestClient) -> None:
