@@ -12,14 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from dashboard import runtime
 
 if __name__ != "__main__":
     # Imported by the server: the process-wide app, whose lifespan owns the backend.
     app = st.App(__file__, lifespan=runtime.lifespan)
+    # The pages are declared with st.navigation below. Without this, Streamlit treats pages/ as an
+    # old-style multipage folder until a run calls st.navigation, so the first request after start
+    # for e.g. /logs ran pages/logs.py alone: no sign-in, no sidebar (seen in Chromium).
+    PagesManager.uses_pages_directory = False
 else:
-    from dashboard import ui
+    from dashboard import auth, ui
 
     st.set_page_config(
         page_title="Kafka dashboard",
@@ -39,9 +44,13 @@ else:
             st.Page("pages/consumers.py", title="Consumers", icon=":material/groups:", url_path="consumers"),
         ],
     }
+    # --- sign-in (AUTH_TOKEN, dashboard/auth.py): before navigation draws anything ---------------
+    auth.require_sign_in(pages)
+    # -----------------------------------------------------------------------------------------------
     page = st.navigation(pages)
     source = ui.source()
     # Pages that update by themselves (fragments on the event stream); the others are snapshots.
     st.session_state["page_is_live"] = page.title in ("Overview", "Consumers")
     ui.sidebar(source)
+    auth.sign_out_button()
     page.run()

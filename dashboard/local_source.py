@@ -7,6 +7,7 @@ from typing import Any
 from backend import analytics
 from backend.analytics import ErrorGroup
 from backend.bus import EventBus
+from backend.gateway.http_policy import STREAM_TICKETS
 from backend.service import Backend, Produced
 from backend.store import LogRow, Store
 from dashboard.views import ConsumerView, PartitionView, Rows, SourceStatus, Topics, sorted_partitions
@@ -73,12 +74,18 @@ class LocalSource:
             return None
 
     def browser_stream(self) -> dict[str, Any] | None:
-        """Where a browser can subscribe to the events (/ws), or None when nobody serves them."""
+        """Where a browser can subscribe to the events (/ws), or None when nobody serves them.
+
+        With AUTH_TOKEN set the browser gets a fresh stream ticket (minted here, where the gateway
+        checks them), never the token: every snapshot carries a new one, so the panel always has
+        one younger than the ticket lifetime when it (re)connects.
+        """
         if not self.gateway_serving():
             return None
         url = self.gateway_url().replace("http://", "ws://", 1) + "/ws"
         bound_to_all = self.settings.gateway_host in ("0.0.0.0", "::", "")
-        return {"url": url, "token": self.settings.auth_token, "sameHost": bound_to_all}
+        ticket = STREAM_TICKETS.mint().ticket if self.settings.auth_token else None
+        return {"url": url, "ticket": ticket, "sameHost": bound_to_all}
 
     def consumers(self) -> list[ConsumerView]:
         if self.backend.pool is None:

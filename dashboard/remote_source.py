@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 10.0
 CONSUMERS_REFRESH_S = 3.0
+# A stream ticket opens /ws for 60 s after it is minted; one fetched less than this long ago is handed
+# out again, so browsers get one at most this old (plus the time to their next snapshot, <= 15 s).
+TICKET_REUSE_S = 10.0
 
 
 class RestError(RuntimeError):
@@ -155,6 +158,8 @@ class RemoteSource:
         self._consumers: list[ConsumerView] = []
         self._consumers_at = 0.0
         self._consumers_seq = -1
+        self._ticket: tuple[float, str] | None = None  # (monotonic time fetched, ticket)
+        self._ticket_failing = False
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gateway-mirror", daemon=True)
 
@@ -204,7 +209,32 @@ class RemoteSource:
         )
 
     def browser_stream(self) -> dict[str, Any] | None:
-        return {"url": self.ws_url, "token": self.settings.auth_token, "sameHost": False}
+        """The backend's /ws for the browser; with AUTH_TOKEN set, with a stream ticket, never the token.
+
+        None when no ticket can be had (the backend refuses or is away): the panel then shows the
+        snapshots, which keep working through this server.
+        """
+        if not self.settings.auth_token:
+            return {"url": self.ws_url, "ticket": None, "sameHost": False}
+        ticket = self._stream_ticket()
+        return None if ticket is None else {"url": self.ws_url, "ticket": ticket, "sameHost": False}
+
+    def _stream_ticket(self) -> str | None:
+        """A recent ticket from ``POST /api/stream-tickets`` (asked for with the bearer token)."""
+        cached = self._ticket
+        if cached is not None and time.monotonic() - cached[0] < TICKET_REUSE_S:
+            return cached[1]
+        try:
+            answer = self.rest.request("POST", self.base + "/api/stream-tickets")
+            body = wire.parse(wire.StreamTicketBody, answer)
+        except (OSError, RuntimeError, ValueError) as exc:  # RestError is a RuntimeError
+            if not self._ticket_failing:
+                log.warning("No stream ticket from %s (browsers use snapshots): %s", self.base, _reason(exc))
+            self._ticket_failing = True
+            return None
+        self._ticket_failing = False
+        self._ticket = (time.monotonic(), body.ticket)
+        return body.ticket
 
     def consumers(self) -> list[ConsumerView]:
         """The consumer list over REST, fetched again only after something changed."""

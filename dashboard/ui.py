@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from dashboard import fmt, runtime
+from dashboard import auth, fmt, runtime
 from dashboard.fmt import ago, duration
 from dashboard.live import LiveFeed
 from dashboard.source import Source
@@ -26,7 +26,12 @@ def now_ms() -> int:
 
 
 def source() -> Source:
-    """The process's backend; a page that cannot have one shows why and stops."""
+    """The process's backend; a page that cannot have one shows why and stops.
+
+    Every page starts here, so a session that has not signed in (AUTH_TOKEN) gets the sign-in form
+    and nothing else even if a page script runs without ``dashboard_app.py``.
+    """
+    auth.require_sign_in()
     try:
         return runtime.source()
     except runtime.StartError as exc:

@@ -10,6 +10,8 @@
 // hands a joining view those after the view's snapshot, or reconnects from that snapshot's number
 // when it no longer has them. A view that missed a record's message-received would never show it.
 // When the browser cannot reach the gateway, the snapshots alone keep the view current.
+// With AUTH_TOKEN set, the page never holds the token: each snapshot carries a fresh stream ticket
+// (valid for opening a connection for 60 s), and every (re)connect uses the newest one received.
 //
 // Payload values are user data: they are only ever written with textContent.
 
@@ -35,9 +37,9 @@ function wsUrl(stream) {
 }
 
 class Stream {
-  constructor(url, token) {
+  constructor(url, ticket) {
     this.url = url;
-    this.token = token;
+    this.ticket = ticket;
     this.views = new Set();
     this.ws = null;
     this.state = "connecting";
@@ -101,7 +103,7 @@ class Stream {
     if (last !== null) query.set("lastSeq", String(last));
     this.recent = [];
     this.complete = last ?? Infinity;
-    if (this.token) query.set("token", this.token);
+    if (this.ticket) query.set("ticket", this.ticket);
     const text = query.toString();
     let ws;
     try {
@@ -163,7 +165,7 @@ function streamFor(config) {
   const url = wsUrl(config);
   let stream = HUB.streams.get(url);
   if (!stream) {
-    stream = new Stream(url, config.token);
+    stream = new Stream(url, config.ticket);
     HUB.streams.set(url, stream);
   }
   return stream;
@@ -229,10 +231,14 @@ class LiveView {
       for (const row of [...(data.rows || [])].reverse()) this.rows.set(row.logId, { ...row });
       this.schedule();
     }
-    if (data.stream && !this.stream) {
-      this.stream = streamFor(data.stream);
-      this.stream.add(this);
-    } else if (!data.stream) {
+    if (data.stream) {
+      const stream = this.stream || streamFor(data.stream);
+      if (data.stream.ticket) stream.ticket = data.stream.ticket; // the newest, for the next (re)connect
+      if (!this.stream) {
+        this.stream = stream;
+        stream.add(this);
+      }
+    } else {
       this.setMode("server", null);
     }
     this.renderRate();
