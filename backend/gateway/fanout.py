@@ -293,40 +293,44 @@ class LiveStream(ClientStream):
         return kept
 
     def _coalesce(self) -> None:
+        """The waiting batches as one: the newest state, records whole, every left-out record counted."""
         pending = [item for batch in self._batches for item in batch]
-        dropped = {
-            item.event.data.get("logId", "") for item in pending if item.event.name == events.MESSAGE_RECEIVED
+        left_out = {
+            item.event.data.get("logId") for item in pending if item.event.name == events.MESSAGE_RECEIVED
         }
-        skipped = len(dropped)
-        last_left_out = -1
-        newest_stats = None
-        for item in pending:
-            name = item.event.name
-            if name == events.RECORDS_SKIPPED:
-                skipped += item.event.data["count"]
-            if name == events.RECORDS_SKIPPED or name == events.MESSAGE_RECEIVED:
-                last_left_out = item.seq
-            elif name == events.STATS_UPDATED:
-                newest_stats = item
+        skipped = len(left_out) + sum(
+            item.event.data["count"] for item in pending if item.event.name == events.RECORDS_SKIPPED
+        )
+        # Other events: the newest of each kind (stats; a consumer's status) is the state to show.
+        newest = {
+            _state_key(item.event): item for item in pending if item.event.name not in events.RECORD_EVENTS
+        }
+        counted_at = max(
+            (
+                item.seq
+                for item in pending
+                if item.event.name in (events.MESSAGE_RECEIVED, events.RECORDS_SKIPPED)
+            ),
+            default=-1,
+        )
         kept = Batch()
         for item in pending:
             event = item.event
-            if event.name == events.RECORDS_SKIPPED or (
-                event.name in events.RECORD_EVENTS and event.data.get("logId", "") in dropped
-            ):
-                if event.name in events.OUTCOME_EVENTS:
-                    dropped.discard(event.data.get("logId", ""))  # whole: nothing more of it to leave out
-                if item.seq == last_left_out and skipped:
-                    kept.append(
-                        Outgoing(Event(item.seq, events.RECORDS_SKIPPED, events.records_skipped(skipped)))
-                    )
-                continue
-            if event.name == events.STATS_UPDATED and item is not newest_stats:
-                continue
-            kept.append(item)
-        for log_id in dropped:
+            if item.seq == counted_at:  # where the newest left-out record began: its count goes here
+                kept.append(
+                    Outgoing(Event(item.seq, events.RECORDS_SKIPPED, events.records_skipped(skipped)))
+                )
+            elif event.name in events.RECORD_EVENTS:
+                log_id = event.data.get("logId")
+                if log_id not in left_out:
+                    kept.append(item)  # the rest of a record this client has the beginning of
+                elif event.name in events.OUTCOME_EVENTS:
+                    left_out.discard(log_id)  # left out whole: nothing more of it will come
+            elif event.name != events.RECORDS_SKIPPED and newest[_state_key(event)] is item:
+                kept.append(item)
+        for log_id in left_out:  # their later events are still to come: leave them out too
             self._dropped.set(log_id, True)
-        self._batches = deque([kept] if kept else [])
+        self._batches = deque([kept])
         self.coalesced += 1
 
     async def take(self, most: int = SEND_BATCH_MAX) -> list[Outgoing]:
@@ -557,6 +561,11 @@ class Fanout:
             group.streams.discard(stream)
             if not group.streams:
                 del self.groups[stream.subscription]
+
+
+def _state_key(event: Event) -> tuple[str, Any]:
+    """What a newer event of the same kind replaces: stats-updated, or one consumer's status."""
+    return event.name, event.data.get("consumerId")
 
 
 def _describe(event: Event) -> str:
