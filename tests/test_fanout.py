@@ -205,3 +205,41 @@ def test_a_live_stream_that_falls_behind_is_coalesced_whole_never_cut_off(
     assert stats[-1].data["totalMessages"] == total
     seqs = [e.seq for e in delivered]
     assert seqs == sorted(set(seqs))
+
+
+def test_a_live_client_resumes_with_the_newest_counts_not_a_replay_of_records() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        fanout = gateway.Fanout()
+        fanout.start(bus)
+        try:
+            record_events(bus, 3)
+            status = bus.publish(events.CONSUMER_STATUS_CHANGED, {"consumerId": "consumer-1"})
+            old_stats = bus.publish(events.STATS_UPDATED, {"totalMessages": 2})
+            record_events(bus, 2)
+            stats = bus.publish(events.STATS_UPDATED, {"totalMessages": 5})
+            for _ in range(3000):  # polled: the fan-out has no event to await
+                if fanout.dispatched == bus.last_seq:
+                    break
+                await asyncio.sleep(0.01)
+            assert fanout.dispatched == bus.last_seq, "the fan-out did not dispatch the events"
+            live = parse_subscription("live")
+            resumed = gateway.LiveStream("resumed", live)
+            fanout.attach(resumed, last_seq=status.seq - 1)
+            assert [item.event for item in resumed.backlog] == [status, stats]
+            assert resumed.start_seq == status.seq - 1 and resumed.resync is None
+            fresh = gateway.LiveStream("fresh", live)
+            fanout.attach(fresh, last_seq=None)
+            assert [item.event for item in fresh.backlog] == [stats]
+            assert fresh.start_seq == stats.seq - 1, "its stream continues from just before those counts"
+            current = gateway.LiveStream("current", live)
+            fanout.attach(current, last_seq=stats.seq)
+            assert current.backlog == [] and old_stats.seq < stats.seq
+            assert len(fanout.groups) == 1, "clients of one subscription share one feed"
+            for stream in (resumed, fresh, current):
+                fanout.detach(stream)
+            assert not fanout.groups
+        finally:
+            fanout.stop()
+
+    asyncio.run(scenario())

@@ -10,7 +10,10 @@ from, so a client that remembers the newest ``seq`` it saw always reconnects wit
 The senders wait for the socket: on ``/ws`` the sender awaits the socket's send, which waits while
 the peer is not reading; on Socket.IO it waits for Engine.IO's transport to take each batch (see
 :func:`~backend.gateway.transport.send_engineio`). A client that stops reading therefore fills its
-bounded stream queue and is cut off (:meth:`Gateway._cut_off`), the same way on both transports.
+bounded stream queue and is cut off (:meth:`Gateway._cut_off`), the same way on both transports;
+a ``mode=live`` client is coalesced instead (:class:`~backend.gateway.fanout.LiveStream`).
+Its subscription (``mode``, ``maxRate``, ``topics``) is read with its token and ``lastSeq``; an
+invalid one is refused the same way, with the reason.
 How the libraries are driven is in :mod:`backend.gateway.transport`.
 """
 

@@ -10,6 +10,13 @@ Events reach clients in three hops; the first two are here, the third in :mod:`b
    logged reason) and can come back with ``lastSeq`` to be replayed from the bus's ring buffer.
 3. **Client stream -> socket.** One sender task per client drains its queue (:meth:`ClientStream.pump`).
 
+What a client receives depends on its subscription (:mod:`backend.gateway.subscriptions`). The
+seed's clients (every event) take each round's :class:`Batch` as it is. Clients of the same other
+subscription form a :class:`Group` with one feed: a topic filter makes one batch per round for all
+of them; a live sampler makes one :class:`LiveBatch` per LIVE_INTERVAL_S (the ``_tick`` task).
+A live client's :class:`LiveStream` is never cut off: when it falls behind, its queue is coalesced
+into the newest state instead.
+
 Replay: a client connecting with ``lastSeq`` first gets the held events after it, in order, then the
 live ones, with nothing lost or doubled in between (see :meth:`Fanout.attach`); when those events
 are no longer held it gets ``resync-required``.
@@ -243,9 +250,10 @@ class LiveStream(ClientStream):
     It takes its feed's shared batches as they are, except the first ones after it joined (records
     received before then are left out whole) and while records were coalesced away (their later
     events are left out too). When more than LIVE_PENDING_MAX batches wait for its sender (it reads
-    slowly, or not at all), they become one: every event other than a record's, the newest
-    ``stats-updated``, the later events of records it already has, and one ``records-skipped``
-    counting everything left out. Records stay whole and the counts add up.
+    slowly, or not at all), they become one: the newest ``stats-updated``, the newest status of each
+    consumer, the later events of records it already has the beginning of, and one
+    ``records-skipped`` counting every record left out. Records stay whole, the counts add up, and
+    what waits for a client that does not read stays bounded.
     """
 
     def __init__(self, name: str, subscription: Subscription) -> None:

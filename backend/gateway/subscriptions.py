@@ -12,6 +12,11 @@ A client chooses when it connects (Socket.IO ``auth``, ``/ws`` query string):
 - ``topics``: per-record events of those topics only; ``stats-updated`` stays global, and records
   of other topics are not "skipped", just not subscribed to.
 
+``lastSeq`` for a live client: it is not replayed record by record (its sample is of the present).
+It gets the newest ``stats-updated`` at once and, when its ``lastSeq`` is still held, the
+``consumer-status-changed`` events after it; its stream then continues from ``lastSeq`` (or, without
+one, from just before that ``stats-updated``). Seqs a live client never sees were left out by design.
+
 Clients with the same subscription share one feed: a live sample is drawn and encoded once per
 interval for all of them (:class:`LiveSampler`), a topic filter runs once per round.
 Nothing here does I/O; :mod:`backend.gateway.fanout` drives the feeds.
