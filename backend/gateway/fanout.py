@@ -70,6 +70,9 @@ FANOUT_QUIET_S = 0.002
 #: Live batches (one per LIVE_INTERVAL_S) a live client may fall behind before its queue is
 #: coalesced into the newest state: about a second.
 LIVE_PENDING_MAX = 10
+#: Batches after a coalescing during which a live client still leaves out the later events of the
+#: records it left out (about a minute): a redelivered record has no outcome to end it.
+LIVE_DROPPED_BATCHES = 600
 
 
 class Outgoing:
@@ -262,6 +265,7 @@ class LiveStream(ClientStream):
         self.coalesced = 0  # how often its queue was coalesced (for tests and logs)
         self._batches: deque[Batch] = deque()
         self._dropped = RecentRecords()  # records coalesced away whose outcome has not passed yet
+        self._dropped_batches = 0  # batches left until _dropped is forgotten
 
     def offer(self, items: Batch) -> None:
         items = self._own(items)
@@ -284,6 +288,9 @@ class LiveStream(ClientStream):
         if fresh and not self._dropped and items and items[0].seq > self.position:
             return items
         record_seqs: dict[str, int] = getattr(items, "record_seqs", {})
+        self._dropped_batches -= 1
+        if self._dropped_batches <= 0 and self._dropped:
+            self._dropped = RecentRecords()
         kept = Batch()
         for item in items:
             event = item.event
@@ -338,6 +345,7 @@ class LiveStream(ClientStream):
                 kept.append(item)
         for log_id in left_out:  # their later events are still to come: leave them out too
             self._dropped.set(log_id, True)
+        self._dropped_batches = LIVE_DROPPED_BATCHES
         self._batches = deque([kept])
         self.coalesced += 1
 
