@@ -24,6 +24,8 @@ PROCESSING_FAILED = "processing-failed"
 STATS_UPDATED = "stats-updated"
 CONSUMER_STATUS_CHANGED = "consumer-status-changed"
 RESYNC_REQUIRED = "resync-required"
+#: To ``mode=live`` clients only: how many records their sample left out (see backend.gateway.subscriptions).
+RECORDS_SKIPPED = "records-skipped"
 
 BROADCAST_EVENTS = (
     MESSAGE_RECEIVED,
@@ -33,6 +35,10 @@ BROADCAST_EVENTS = (
     STATS_UPDATED,
     CONSUMER_STATUS_CHANGED,
 )
+
+#: The events of one record (one logId), in this order: received, started, then one outcome.
+RECORD_EVENTS = frozenset({MESSAGE_RECEIVED, PROCESSING_STARTED, PROCESSING_COMPLETED, PROCESSING_FAILED})
+OUTCOME_EVENTS = frozenset({PROCESSING_COMPLETED, PROCESSING_FAILED})
 
 SINGLE_MESSAGE = "SINGLE_MESSAGE"
 CSV_BATCH = "CSV_BATCH"
@@ -159,3 +165,8 @@ def resync_required(last_seq: int, oldest_seq: int) -> dict[str, Any]:
         "oldestSeq": int(oldest_seq),
         "timestamp": now_iso(),
     }
+
+
+def records_skipped(count: int) -> dict[str, Any]:
+    """``records-skipped``: a live client's sample left ``count`` records out since the previous one."""
+    return {"count": int(count), "timestamp": now_iso()}

@@ -9,7 +9,10 @@ from contextlib import asynccontextmanager
 import pytest
 
 import backend.gateway.fanout as gateway
+from backend import events
 from backend.bus import EventBus
+from backend.events import Event
+from backend.gateway.subscriptions import LiveSampler, parse_subscription
 
 
 class Recorder:
@@ -67,5 +70,176 @@ def test_a_burst_is_written_to_a_client_in_one_write(monkeypatch: pytest.MonkeyP
             burst = [bus.publish("x", {"i": i}) for i in range(2, 5)]
             await asyncio.wait_for(recorder.written.wait(), timeout=30)
             assert recorder.writes == [[first.seq, *(event.seq for event in burst)]]
+
+    asyncio.run(scenario())
+
+
+# --- live feeds and streams (mode=live, topics) ----------------------------------------------------
+
+
+def record_events(bus: EventBus, n: int, topic: str = "a", outcome: bool = True) -> list[str]:
+    """Publish ``n`` records' received+started (and outcomes), as a consumer's batch does; their logIds."""
+    ids = [f"{topic}-{bus.last_seq}-{i}" for i in range(n)]
+    items = []
+    for log_id in ids:
+        items.append((events.MESSAGE_RECEIVED, {"logId": log_id, "topic": topic}))
+        items.append((events.PROCESSING_STARTED, {"logId": log_id}))
+    bus.publish_many(items)
+    if outcome:
+        bus.publish_many([(events.PROCESSING_COMPLETED, {"logId": log_id}) for log_id in ids])
+    return ids
+
+
+def per_record(sent: list[Event]) -> dict[str, list[str]]:
+    records: dict[str, list[str]] = {}
+    for event in sent:
+        if event.name in events.RECORD_EVENTS:
+            records.setdefault(event.data["logId"], []).append(event.name)
+    return records
+
+
+WHOLE = [events.MESSAGE_RECEIVED, events.PROCESSING_STARTED, events.PROCESSING_COMPLETED]
+
+
+def test_a_sample_keeps_the_newest_records_whole_and_counts_the_others() -> None:
+    bus = EventBus()
+    clock = [0.0]
+    sampler = LiveSampler(parse_subscription("live", 100), clock=lambda: clock[0])
+    ids = record_events(bus, 50)
+    stats = [bus.publish(events.STATS_UPDATED, {"totalMessages": n}) for n in (1, 2)]
+    sampler.add(gateway.Outgoing(event) for event in bus.since(0) or [])
+    sample = sampler.flush(gateway.Outgoing)
+    assert sample is not None
+    sent = [item.event for item in sample.items]
+    assert per_record(sent) == {log_id: WHOLE for log_id in ids[-10:]}  # 100/s: 10 per 100 ms, newest
+    skipped = [event for event in sent if event.name == events.RECORDS_SKIPPED]
+    assert [event.data["count"] for event in skipped] == [40]
+    assert [event for event in sent if event.name == events.STATS_UPDATED] == [stats[-1]]
+    seqs = [event.seq for event in sent]
+    assert seqs == sorted(set(seqs)), "seqs must increase through the sample"
+
+    # The bucket is empty: a record received now is skipped, until time refills it.
+    later = record_events(bus, 1, outcome=False)
+    sampler.add(gateway.Outgoing(e) for e in bus.since(stats[-1].seq) or [])
+    sample = sampler.flush(gateway.Outgoing)
+    assert sample is not None
+    assert [event.name for event in (item.event for item in sample.items)] == [events.RECORDS_SKIPPED]
+    outcome = bus.publish(events.PROCESSING_COMPLETED, {"logId": later[0]})
+    clock[0] += 1.0
+    sampler.add([gateway.Outgoing(outcome)])
+    assert sampler.flush(gateway.Outgoing) is None, "a skipped record's outcome is left out too"
+    assert sampler.skipped_total == 41
+
+
+def test_a_sampled_record_keeps_its_later_events_and_topics_filter_before_sampling() -> None:
+    bus = EventBus()
+    sampler = LiveSampler(parse_subscription("live", 100, "a"), clock=lambda: 0.0)
+    mine = record_events(bus, 2, topic="a", outcome=False)
+    record_events(bus, 5, topic="b")
+    sampler.add(gateway.Outgoing(event) for event in bus.since(0) or [])
+    first = sampler.flush(gateway.Outgoing)
+    assert first is not None
+    assert per_record([item.event for item in first.items]) == {log_id: WHOLE[:2] for log_id in mine}, (
+        "topic b is not subscribed to, and not counted as skipped"
+    )
+    last = bus.last_seq
+    bus.publish_many([(events.PROCESSING_COMPLETED, {"logId": log_id}) for log_id in mine])
+    sampler.add(gateway.Outgoing(event) for event in bus.since(last) or [])
+    second = sampler.flush(gateway.Outgoing)
+    assert second is not None
+    assert per_record([item.event for item in second.items]) == {log_id: WHOLE[2:] for log_id in mine}
+    assert sampler.skipped_total == 0
+
+
+class LiveFeed:
+    """A live sampler over a bus, flushed by hand: each call, the batch of the events since the last."""
+
+    def __init__(self, bus: EventBus, max_rate: int) -> None:
+        self.bus, self.seen = bus, bus.last_seq
+        self.sampler = LiveSampler(parse_subscription("live", max_rate), clock=lambda: 0.0)
+
+    def __call__(self) -> gateway.LiveBatch:
+        self.sampler.add(gateway.Outgoing(event) for event in self.bus.since(self.seen) or [])
+        self.seen = self.bus.last_seq
+        flushed = self.sampler.flush(gateway.Outgoing)
+        assert flushed is not None
+        return gateway.LiveBatch(flushed.items, flushed.record_seqs)
+
+
+def test_a_live_stream_that_falls_behind_is_coalesced_whole_never_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gateway, "LIVE_PENDING_MAX", 3)
+    bus = EventBus()
+    feed = LiveFeed(bus, max_rate=10_000)
+    stream = gateway.LiveStream("slow", parse_subscription("live", 10_000))
+    delivered: list[Event] = []
+    # It takes the first batch (a record's received and started), then stops reading.
+    stream.write_now = lambda items: delivered.extend(item.event for item in items) or True
+    first = record_events(bus, 1, outcome=False)
+    stream.offer(feed())
+    stream.write_now = None
+    total, open_ids = 1, list(first)
+    for n in range(7):
+        open_ids += record_events(bus, 3, outcome=False)
+        if n % 2:  # outcomes come late, some batches later
+            bus.publish_many([(events.PROCESSING_COMPLETED, {"logId": log_id}) for log_id in open_ids])
+            open_ids = []
+        total += 3
+        bus.publish(events.STATS_UPDATED, {"totalMessages": total})
+        stream.offer(feed())
+    assert stream.coalesced > 0 and not stream.overflowed
+    assert stream.behind < 3 * 3 * 7, "the queue holds the newest state, not the backlog"
+    # It reads again: the coalesced state, then the shared batches, where the outcomes of records
+    # coalesced away are left out as well.
+    delivered += [item.event for item in asyncio.run(stream.take(10**6))]
+    bus.publish_many([(events.PROCESSING_COMPLETED, {"logId": log_id}) for log_id in open_ids])
+    stream.write_now = lambda items: delivered.extend(item.event for item in items) or True
+    stream.offer(feed())
+    records = per_record(delivered)
+    assert records[first[0]] == WHOLE, "a record it had the beginning of stays whole"
+    assert all(names == WHOLE for names in records.values()), records
+    skipped = sum(e.data["count"] for e in delivered if e.name == events.RECORDS_SKIPPED)
+    assert skipped > 0 and len(records) + skipped == total
+    stats = [e for e in delivered if e.name == events.STATS_UPDATED]
+    assert stats[-1].data["totalMessages"] == total
+    seqs = [e.seq for e in delivered]
+    assert seqs == sorted(set(seqs))
+
+
+def test_a_live_client_resumes_with_the_newest_counts_not_a_replay_of_records() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        fanout = gateway.Fanout()
+        fanout.start(bus)
+        try:
+            record_events(bus, 3)
+            status = bus.publish(events.CONSUMER_STATUS_CHANGED, {"consumerId": "consumer-1"})
+            old_stats = bus.publish(events.STATS_UPDATED, {"totalMessages": 2})
+            record_events(bus, 2)
+            stats = bus.publish(events.STATS_UPDATED, {"totalMessages": 5})
+            for _ in range(3000):  # polled: the fan-out has no event to await
+                if fanout.dispatched == bus.last_seq:
+                    break
+                await asyncio.sleep(0.01)
+            assert fanout.dispatched == bus.last_seq, "the fan-out did not dispatch the events"
+            live = parse_subscription("live")
+            resumed = gateway.LiveStream("resumed", live)
+            fanout.attach(resumed, last_seq=status.seq - 1)
+            assert [item.event for item in resumed.backlog] == [status, stats]
+            assert resumed.start_seq == status.seq - 1 and resumed.resync is None
+            fresh = gateway.LiveStream("fresh", live)
+            fanout.attach(fresh, last_seq=None)
+            assert [item.event for item in fresh.backlog] == [stats]
+            assert fresh.start_seq == stats.seq - 1, "its stream continues from just before those counts"
+            current = gateway.LiveStream("current", live)
+            fanout.attach(current, last_seq=stats.seq)
+            assert current.backlog == [] and old_stats.seq < stats.seq
+            assert len(fanout.groups) == 1, "clients of one subscription share one feed"
+            for stream in (resumed, fresh, current):
+                fanout.detach(stream)
+            assert not fanout.groups
+        finally:
+            fanout.stop()
 
     asyncio.run(scenario())

@@ -250,6 +250,42 @@ def test_seed_client_gets_connection_success_and_the_seed_events(served: ServedB
         assert not [r for r in client.records if r["type"] in ("disconnect", "connect_error")]
 
 
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"]])
+def test_live_mode_client_gets_whole_records_records_skipped_and_the_final_counts(
+    served: ServedBackend, transports: list[str]
+) -> None:
+    """socket.io-client with auth {mode: "live", maxRate: 5}: a burst arrives sampled, records whole."""
+    produced = 300
+    before = httpx.get(f"{served.gateway}/api/consumers/statistics").json()["totalMessages"]
+    auth = {"mode": "live", "maxRate": 5, "topics": ["test"]}
+    with probe(served.gateway, io={**SEED_OPTIONS, "transports": transports}, auth=auth) as client:
+        start, _ = client.event(events.CONNECTION_SUCCESS, timeout=15)
+        producer = foreign_producer(served.bootstrap)
+        for n in range(produced):
+            producer.send("test", json.dumps({"n": n}).encode())
+        producer.flush()
+        producer.close()
+        client.event(events.STATS_UPDATED, timeout=120, start=start, totalMessages=before + produced)
+        received = client.events_from(start + 1)
+        assert not [r for r in client.records if r["type"] in ("disconnect", "connect_error")]
+    per_record: dict[str, list[str]] = {}
+    for record in received:
+        if record["name"] in events.RECORD_EVENTS:
+            per_record.setdefault(record["args"][0]["logId"], []).append(record["name"])
+    assert per_record and all(names == list(SEED_FLOW) for names in per_record.values()), per_record
+    skipped = sum(r["args"][0]["count"] for r in received if r["name"] == events.RECORDS_SKIPPED)
+    assert skipped > 0 and len(per_record) + skipped == produced
+    seqs = [r["args"][-1] for r in received]
+    assert seqs == sorted(set(seqs))
+
+
+def test_an_invalid_subscription_is_a_connect_error_with_the_reason(served: ServedBackend) -> None:
+    with probe(served.gateway, io=SEED_OPTIONS, auth={"mode": "live", "maxRate": "fast"}) as client:
+        _, refused = client.wait(lambda r: r["type"] == "connect_error", 15, "connect_error")
+        assert "maxRate must be an integer" in refused["message"]
+        assert not [r for r in client.records if r["type"] in ("connect", "event")]
+
+
 def test_zero_config_embedded_broker_serves_the_seed_client(tmp_path: Path, probe_ready: None) -> None:
     """No KAFKA_BOOTSTRAP_SERVERS: the embedded broker starts and the seed's flow works end to end."""
     settings = Settings(data_dir=tmp_path / "data", gateway_port=free_port(), producer_port=free_port())

@@ -4,6 +4,8 @@ Where things are:
 
 - :mod:`~backend.gateway.fanout`: from the bus to one bounded queue per client, I/O-free
   (``Outgoing``, ``Batch``, ``ClientStream``, ``Fanout``, ``parse_last_seq``).
+- :mod:`~backend.gateway.subscriptions`: what a client receives (``mode=all|live``, ``maxRate``,
+  ``topics``): parsing, topic filters, the live sampler; I/O-free.
 - :mod:`~backend.gateway.clients`: Socket.IO and /ws connections: admission, replay, senders,
   the slow-client cut-off (``Gateway``).
 - :mod:`~backend.gateway.transport`: every use of uvicorn's, websockets', python-engineio's and

@@ -197,7 +197,10 @@ TITLE = "Consumer dashboard: event gateway and REST API"
 DESCRIPTION = (
     "Socket.IO (protocol v5) at `/socket.io/` and a plain WebSocket at `/ws` stream the "
     "consumers' events; every event carries a sequence number `seq` and clients reconnecting "
-    "with `lastSeq` are replayed what they missed. The REST endpoints below read the store. "
+    "with `lastSeq` are replayed what they missed. A client chooses what it receives when it "
+    "connects: `mode=all` (every event, the default) or `mode=live` (counts at most 10 times a "
+    "second, the events of at most `maxRate` records a second, chosen whole, `records-skipped` for "
+    "the rest), and `topics=a,b`. The REST endpoints below read the store. "
     "When AUTH_TOKEN is set, send `Authorization: Bearer <token>` (to these documents too); "
     "a browser opens a stream with a ticket from `POST /api/stream-tickets` instead."
 )

@@ -10,7 +10,10 @@ from, so a client that remembers the newest ``seq`` it saw always reconnects wit
 The senders wait for the socket: on ``/ws`` the sender awaits the socket's send, which waits while
 the peer is not reading; on Socket.IO it waits for Engine.IO's transport to take each batch (see
 :func:`~backend.gateway.transport.send_engineio`). A client that stops reading therefore fills its
-bounded stream queue and is cut off (:meth:`Gateway._cut_off`), the same way on both transports.
+bounded stream queue and is cut off (:meth:`Gateway._cut_off`), the same way on both transports;
+a ``mode=live`` client is coalesced instead (:class:`~backend.gateway.fanout.LiveStream`).
+Its subscription (``mode``, ``maxRate``, ``topics``) is read with its token and ``lastSeq``; an
+invalid one is refused the same way, with the reason.
 How the libraries are driven is in :mod:`backend.gateway.transport`.
 """
 
@@ -31,7 +34,15 @@ from backend import events
 from backend.config import Settings
 from backend.events import Event
 from backend.gateway import transport
-from backend.gateway.fanout import SEND_BATCH_MAX, Batch, ClientStream, Fanout, Outgoing, parse_last_seq
+from backend.gateway.fanout import (
+    SEND_BATCH_MAX,
+    Batch,
+    ClientStream,
+    Fanout,
+    LiveStream,
+    Outgoing,
+    parse_last_seq,
+)
 from backend.gateway.http_policy import (
     STREAM_TICKETS,
     OriginPolicy,
@@ -39,6 +50,7 @@ from backend.gateway.http_policy import (
     bearer_token,
     token_matches,
 )
+from backend.gateway.subscriptions import Subscription, parse_subscription
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +143,15 @@ class Gateway:
             raise socketio.exceptions.ConnectionRefusedError(f"unauthorized: {refusal}{hint}")
         try:
             last_seq = parse_last_seq(auth.get("lastSeq"))
+            subscription = parse_subscription(auth.get("mode"), auth.get("maxRate"), auth.get("topics"))
         except ValueError as exc:
+            log.info("Refused Socket.IO client %s: %s", sid, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        stream = ClientStream(f"Socket.IO client {sid}", lambda: self._sio_overflow(sid))
+        stream = _stream(f"Socket.IO client {sid}", subscription, lambda: self._sio_overflow(sid))
         self.fanout.attach(stream, last_seq)
         task = asyncio.create_task(self._sio_pump(sid, stream), name=f"sio-{sid}")
         self._sio_clients[sid] = (stream, task)
-        log.info("Client connected: %s", sid)
+        log.info("Client connected: %s%s", sid, _described(subscription))
         if last_seq is not None:
             log.debug(
                 "%s resumes after seq %d: %s", sid, last_seq,
@@ -214,14 +228,15 @@ class Gateway:
 
     async def serve_ws(self, websocket: WebSocket) -> None:
         """One /ws client, from its handshake until it leaves or is cut off."""
-        admitted, last_seq = await self._ws_admit(websocket)
-        if not admitted:
+        admitted = await self._ws_admit(websocket)
+        if admitted is None:
             return
+        last_seq, subscription = admitted
         overflow = asyncio.Event()
-        stream = ClientStream(f"/ws client {_peer(websocket)}", overflow.set)
+        stream = _stream(f"/ws client {_peer(websocket)}", subscription, overflow.set)
         self.fanout.attach(stream, last_seq)
         self._ws_clients.add(stream)
-        log.info("Client connected: %s", stream.name)
+        log.info("Client connected: %s%s", stream.name, _described(subscription))
         sender = asyncio.create_task(self._ws_pump(websocket, stream))
         receiver = asyncio.create_task(_until_disconnected(websocket))
         overflowed = asyncio.create_task(overflow.wait())
@@ -238,13 +253,14 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(sender, receiver, overflowed, return_exceptions=True)
 
-    async def _ws_admit(self, websocket: WebSocket) -> tuple[bool, int | None]:
-        """Origin (before accepting: HTTP 403), then token and lastSeq (a close with the reason)."""
+    async def _ws_admit(self, websocket: WebSocket) -> tuple[int | None, Subscription] | None:
+        """Origin (before accepting: HTTP 403), then token, lastSeq and subscription (a close with the
+        reason); None when refused."""
         origin = websocket.headers.get("origin")
         if not self.origins.allows(origin):
             log.info("Refused /ws handshake from origin %s (CORS_ORIGINS)", origin)
             await websocket.close(code=WS_POLICY_VIOLATION)  # before accept: HTTP 403
-            return False, None
+            return None
         await websocket.accept()
         params = websocket.query_params
         token = params.get("token") or bearer_token(websocket.headers.get("authorization"))
@@ -253,12 +269,15 @@ class Gateway:
             log.info("Refused /ws client %s: %s", _peer(websocket), refusal)
             hint = "" if token or "ticket" in params else " (add ?token= or ?ticket=)"
             await websocket.close(code=WS_POLICY_VIOLATION, reason=f"unauthorized: {refusal}{hint}")
-            return False, None
+            return None
         try:
-            return True, parse_last_seq(params.get("lastSeq"))
+            last_seq = parse_last_seq(params.get("lastSeq"))
+            subscription = parse_subscription(params.get("mode"), params.get("maxRate"), params.get("topics"))
         except ValueError as exc:
-            await websocket.close(code=WS_POLICY_VIOLATION, reason=str(exc))
-            return False, None
+            log.info("Refused /ws client %s: %s", _peer(websocket), exc)
+            await websocket.close(code=WS_POLICY_VIOLATION, reason=str(exc)[:120])
+            return None
+        return last_seq, subscription
 
     async def _ws_pump(self, websocket: WebSocket, stream: ClientStream) -> None:
         hello = Event(stream.start_seq, events.CONNECTION_SUCCESS, events.connection_success())
@@ -279,6 +298,17 @@ class Gateway:
             return write_frames(items.ws_frames)
 
         await stream.pump(send, write_now if write_frames else None)
+
+
+def _stream(name: str, subscription: Subscription, on_overflow: Any) -> ClientStream:
+    """A live client's stream is coalesced, never cut off; the others are cut off when too slow."""
+    if subscription.live:
+        return LiveStream(name, subscription)
+    return ClientStream(name, on_overflow, subscription=subscription)
+
+
+def _described(subscription: Subscription) -> str:
+    return "" if subscription.everything else f" ({subscription.describe()})"
 
 
 async def _send_engineio(eio_socket: Any, items: list[Outgoing]) -> None:

@@ -10,6 +10,13 @@ Events reach clients in three hops; the first two are here, the third in :mod:`b
    logged reason) and can come back with ``lastSeq`` to be replayed from the bus's ring buffer.
 3. **Client stream -> socket.** One sender task per client drains its queue (:meth:`ClientStream.pump`).
 
+What a client receives depends on its subscription (:mod:`backend.gateway.subscriptions`). The
+seed's clients (every event) take each round's :class:`Batch` as it is. Clients of the same other
+subscription form a :class:`Group` with one feed: a topic filter makes one batch per round for all
+of them; a live sampler makes one :class:`LiveBatch` per LIVE_INTERVAL_S (the ``_tick`` task).
+A live client's :class:`LiveStream` is never cut off: when it falls behind, its queue is coalesced
+into the newest state instead.
+
 Replay: a client connecting with ``lastSeq`` first gets the held events after it, in order, then the
 live ones, with nothing lost or doubled in between (see :meth:`Fanout.attach`); when those events
 are no longer held it gets ``resync-required``.
@@ -35,6 +42,15 @@ from engineio import packet as engineio_packet
 from backend import events
 from backend.bus import EventBus
 from backend.events import Event
+from backend.gateway.subscriptions import (
+    EVERYTHING,
+    LIVE_INTERVAL_S,
+    LiveSampler,
+    RecentRecords,
+    Subscription,
+    filter_topics,
+    note_record,
+)
 from backend.gateway.transport import engineio_message, text_frame
 
 log = logging.getLogger(__name__)
@@ -51,6 +67,12 @@ FANOUT_LINGER_MAX_S = 0.010
 #: While it lingers, the fan-out writes as soon as no new event came for this long: a record's
 #: bursts come within ~1-2 ms of each other, so waiting out the whole linger only adds latency.
 FANOUT_QUIET_S = 0.002
+#: Live batches (one per LIVE_INTERVAL_S) a live client may fall behind before its queue is
+#: coalesced into the newest state: about a second.
+LIVE_PENDING_MAX = 10
+#: Batches after a coalescing during which a live client still leaves out the later events of the
+#: records it left out (about a minute): a redelivered record has no outcome to end it.
+LIVE_DROPPED_BATCHES = 600
 
 
 class Outgoing:
@@ -132,8 +154,15 @@ class ClientStream:
     too slow, ``on_overflow`` is called once and nothing more is queued for it.
     """
 
-    def __init__(self, name: str, on_overflow: Callable[[], None], limit: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        on_overflow: Callable[[], None],
+        limit: int | None = None,
+        subscription: Subscription = EVERYTHING,
+    ) -> None:
         self.name = name
+        self.subscription = subscription
         self.limit = limit or CLIENT_QUEUE_MAX
         self.on_overflow = on_overflow
         self.overflowed = False
@@ -205,6 +234,148 @@ class ClientStream:
             self.write_now = None
 
 
+class LiveBatch(Batch):
+    """A live feed's batch of one interval, shared by the feed's clients; ``record_seqs`` gives the
+    seq of each record's ``message-received``, so that a client that joined after it can leave the
+    record out whole."""
+
+    __slots__ = ("record_seqs", "oldest_record_seq")
+
+    def __init__(self, items: Iterable[Outgoing] = (), record_seqs: dict[str, int] | None = None) -> None:
+        super().__init__(items)
+        self.record_seqs = record_seqs or {}
+        self.oldest_record_seq = min(self.record_seqs.values()) if self.record_seqs else None
+
+
+class LiveStream(ClientStream):
+    """A ``mode=live`` client's stream: never cut off; when behind, its queue is coalesced.
+
+    It takes its feed's shared batches as they are, except the first ones after it joined (records
+    received before then are left out whole) and while records were coalesced away (their later
+    events are left out too). When more than LIVE_PENDING_MAX batches wait for its sender (it reads
+    slowly, or not at all), they become one: the newest ``stats-updated``, the newest status of each
+    consumer, the later events of records it already has the beginning of, and one
+    ``records-skipped`` counting every record left out. Records stay whole, the counts add up, and
+    what waits for a client that does not read stays bounded.
+    """
+
+    def __init__(self, name: str, subscription: Subscription) -> None:
+        super().__init__(name, on_overflow=lambda: None, subscription=subscription)
+        self.joined_at = 0  # records received up to this seq are not this client's
+        self.coalesced = 0  # how often its queue was coalesced (for tests and logs)
+        self._batches: deque[Batch] = deque()
+        self._dropped = RecentRecords()  # records coalesced away whose outcome has not passed yet
+        self._dropped_batches = 0  # batches left until _dropped is forgotten
+
+    def offer(self, items: Batch) -> None:
+        items = self._own(items)
+        if not items:
+            return
+        self.position = max(self.position, items[-1].seq)
+        if not self._batches and self.write_now is not None and self.write_now(items):
+            return
+        self._batches.append(items)
+        if len(self._batches) > LIVE_PENDING_MAX:
+            self._coalesce()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _own(self, items: Batch) -> Batch:
+        """``items`` as this client takes them: the shared batch itself, unless it must leave some out."""
+        oldest = getattr(items, "oldest_record_seq", None)
+        fresh = oldest is None or oldest > self.joined_at
+        if fresh and not self._dropped and items and items[0].seq > self.position:
+            return items
+        record_seqs: dict[str, int] = getattr(items, "record_seqs", {})
+        self._dropped_batches -= 1
+        if self._dropped_batches <= 0 and self._dropped:
+            self._dropped = RecentRecords()
+        kept = Batch()
+        for item in items:
+            event = item.event
+            if event.name in events.RECORD_EVENTS:
+                log_id = event.data.get("logId", "")
+                if log_id in self._dropped:
+                    if event.name in events.OUTCOME_EVENTS:
+                        self._dropped.pop(log_id)
+                    continue
+                if record_seqs.get(log_id, 0) <= self.joined_at:
+                    continue
+            elif event.seq <= self.position:
+                continue
+            kept.append(item)
+        return kept
+
+    def _coalesce(self) -> None:
+        """The waiting batches as one: the newest state, records whole, every left-out record counted."""
+        pending = [item for batch in self._batches for item in batch]
+        left_out = {
+            item.event.data.get("logId") for item in pending if item.event.name == events.MESSAGE_RECEIVED
+        }
+        skipped = len(left_out) + sum(
+            item.event.data["count"] for item in pending if item.event.name == events.RECORDS_SKIPPED
+        )
+        # Other events: the newest of each kind (stats; a consumer's status) is the state to show.
+        newest = {
+            _state_key(item.event): item for item in pending if item.event.name not in events.RECORD_EVENTS
+        }
+        counted_at = max(
+            (
+                item.seq
+                for item in pending
+                if item.event.name in (events.MESSAGE_RECEIVED, events.RECORDS_SKIPPED)
+            ),
+            default=-1,
+        )
+        kept = Batch()
+        for item in pending:
+            event = item.event
+            if item.seq == counted_at:  # where the newest left-out record began: its count goes here
+                kept.append(
+                    Outgoing(Event(item.seq, events.RECORDS_SKIPPED, events.records_skipped(skipped)))
+                )
+            elif event.name in events.RECORD_EVENTS:
+                log_id = event.data.get("logId")
+                if log_id not in left_out:
+                    kept.append(item)  # the rest of a record this client has the beginning of
+                elif event.name in events.OUTCOME_EVENTS:
+                    left_out.discard(log_id)  # left out whole: nothing more of it will come
+            elif event.name != events.RECORDS_SKIPPED and newest[_state_key(event)] is item:
+                kept.append(item)
+        for log_id in left_out:  # their later events are still to come: leave them out too
+            self._dropped.set(log_id, True)
+        self._dropped_batches = LIVE_DROPPED_BATCHES
+        self._batches = deque([kept])
+        self.coalesced += 1
+
+    async def take(self, most: int = SEND_BATCH_MAX) -> list[Outgoing]:
+        """Wait for a batch; return whole batches, as many as fit in ``most`` events (at least one)."""
+        while not self._batches:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items = list(self._batches.popleft())
+        while self._batches and len(items) + len(self._batches[0]) <= most:
+            items.extend(self._batches.popleft())
+        return items
+
+    @property
+    def behind(self) -> int:
+        return sum(len(batch) for batch in self._batches)
+
+
+class Group:
+    """The clients of one subscription other than everything, and their shared feed."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self.streams: set[ClientStream] = set()
+        self.sampler = LiveSampler(subscription) if subscription.live else None
+
+
 class Fanout:
     """The gateway's single bus subscription, handing events to every client stream on the loop.
 
@@ -223,7 +394,10 @@ class Fanout:
     """
 
     def __init__(self) -> None:
-        self.streams: set[ClientStream] = set()
+        self.streams: set[ClientStream] = set()  # the clients of every event (the seed's)
+        self.groups: dict[Subscription, Group] = {}  # the others, by subscription
+        self.records = RecentRecords()  # logId -> topic of recent records, for topic filters
+        self.latest_stats: Outgoing | None = None  # the newest stats-updated dispatched
         self.bus: EventBus | None = None
         self.dispatched = 0  # newest seq offered to the streams
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -232,6 +406,7 @@ class Fanout:
         self._scheduled = False
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._linger = 0.0  # seconds: how long the last round of offers took
 
@@ -241,14 +416,18 @@ class Fanout:
         start = bus.last_seq
         backlog, self._unsubscribe = bus.subscribe_from(start, self._receive)
         self.dispatched = backlog[-1].seq if backlog else start
+        for event in bus.since(max(bus.oldest_seq - 1, 0)) or ():
+            self._note(event)
         self._task = self._loop.create_task(self._run(), name="gateway-fanout")
+        self._ticker = self._loop.create_task(self._tick(), name="gateway-live-feeds")
 
     def stop(self) -> None:
         if self._unsubscribe:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._task:
-            self._task.cancel()
+        for task in (self._task, self._ticker):
+            if task:
+                task.cancel()
 
     def _receive(self, event: Event) -> None:
         """Bus callback, in the publishing thread under the bus lock: hand over, never wait."""
@@ -297,11 +476,40 @@ class Fanout:
             if event.seq <= self.dispatched:
                 continue
             self.dispatched = event.seq
-            items.append(Outgoing(event))
+            item = Outgoing(event)
+            items.append(item)
+            self._note(event, item)
             if debug:
                 log.debug("%s to %d client(s)", _describe(event), len(streams))
         for stream in streams:
             stream.offer(items)
+        for group in tuple(self.groups.values()):
+            if group.sampler is not None:
+                group.sampler.add(items)
+            elif group.streams:
+                filtered = Batch(filter_topics(items, group.subscription.topics or frozenset(), self.records))
+                for stream in tuple(group.streams):
+                    stream.offer(filtered)
+
+    def _note(self, event: Event, item: Outgoing | None = None) -> None:
+        """What later clients need of a dispatched event: a record's topic, the newest stats."""
+        note_record(self.records, event)
+        if event.name == events.STATS_UPDATED:
+            self.latest_stats = item or Outgoing(event)
+
+    async def _tick(self) -> None:
+        """Every LIVE_INTERVAL_S: each live feed's batch, drawn and encoded once for all its clients."""
+        while True:
+            await asyncio.sleep(LIVE_INTERVAL_S)
+            for group in tuple(self.groups.values()):
+                if group.sampler is None or not group.streams:
+                    continue
+                sample = group.sampler.flush(Outgoing)
+                if sample is None:
+                    continue
+                batch = LiveBatch(sample.items, sample.record_seqs)
+                for stream in tuple(group.streams):
+                    stream.offer(batch)
 
     def attach(self, stream: ClientStream, last_seq: int | None) -> None:
         """Register a client; with ``last_seq``, give it the held events after it first.
@@ -310,19 +518,70 @@ class Fanout:
         bring: the backlog is what the bus holds up to ``dispatched``, the queue gets the rest.
         """
         assert self.bus is not None, "the gateway is not started"
-        stream.position = stream.start_seq = self.dispatched
+        if isinstance(stream, LiveStream):
+            self._attach_live(stream, last_seq)
+        else:
+            stream.position = stream.start_seq = self.dispatched
+            if last_seq is not None:
+                held = self.bus.since(last_seq)
+                if held is None:
+                    stream.resync = events.resync_required(last_seq, self.bus.oldest_seq)
+                else:
+                    stream.backlog = [Outgoing(event) for event in held if event.seq <= self.dispatched]
+                    stream.position = max(last_seq, self.dispatched)
+                    stream.start_seq = last_seq
+            topics = stream.subscription.topics
+            if topics is not None:
+                stream.backlog = filter_topics(stream.backlog, topics, self.records)
+        if stream.subscription.everything:
+            self.streams.add(stream)
+        else:
+            group = self.groups.get(stream.subscription)
+            if group is None:
+                group = self.groups[stream.subscription] = Group(stream.subscription)
+            group.streams.add(stream)
+
+    def _attach_live(self, stream: LiveStream, last_seq: int | None) -> None:
+        """A live client is not replayed record by record: it gets the newest counts at once.
+
+        With a ``lastSeq`` still held it gets, after it, the ``consumer-status-changed`` events (which
+        a live client always receives) and the newest ``stats-updated``, and its stream continues
+        from ``lastSeq``. Without one, or with one no longer held (``resync-required``), it gets the
+        newest ``stats-updated`` and its stream continues from just before it. Records received
+        before it joined are left out whole.
+        """
+        assert self.bus is not None
+        stream.position = stream.joined_at = max(last_seq or 0, self.dispatched)
+        stats = self.latest_stats
+        held = self.bus.since(last_seq) if last_seq is not None else None
+        if last_seq is not None and held is not None:
+            stream.start_seq = last_seq
+            backlog = [
+                Outgoing(event)
+                for event in held
+                if event.seq <= self.dispatched and event.name == events.CONSUMER_STATUS_CHANGED
+            ]
+            if stats is not None and stats.seq > last_seq:
+                backlog.append(stats)
+            stream.backlog = sorted(backlog, key=lambda item: item.seq)
+            return
         if last_seq is not None:
-            held = self.bus.since(last_seq)
-            if held is None:
-                stream.resync = events.resync_required(last_seq, self.bus.oldest_seq)
-            else:
-                stream.backlog = [Outgoing(event) for event in held if event.seq <= self.dispatched]
-                stream.position = max(last_seq, self.dispatched)
-                stream.start_seq = last_seq
-        self.streams.add(stream)
+            stream.resync = events.resync_required(last_seq, self.bus.oldest_seq)
+        stream.backlog = [stats] if stats is not None else []
+        stream.start_seq = stats.seq - 1 if stats is not None else self.dispatched
 
     def detach(self, stream: ClientStream) -> None:
         self.streams.discard(stream)
+        group = self.groups.get(stream.subscription)
+        if group is not None:
+            group.streams.discard(stream)
+            if not group.streams:
+                del self.groups[stream.subscription]
+
+
+def _state_key(event: Event) -> tuple[str, Any]:
+    """What a newer event of the same kind replaces: stats-updated, or one consumer's status."""
+    return event.name, event.data.get("consumerId")
 
 
 def _describe(event: Event) -> str:

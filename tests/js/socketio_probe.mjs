@@ -4,7 +4,8 @@
 //
 // config: {"io": {...options passed to io() unchanged...},
 //          "token": "...",          // sent as auth: {token}
-//          "trackLastSeq": true}    // sent as auth: {lastSeq} on every (re)connect: the newest seq seen
+//          "trackLastSeq": true,    // sent as auth: {lastSeq} on every (re)connect: the newest seq seen
+//          "auth": {...}}           // more auth fields, e.g. {"mode": "live", "maxRate": 5, "topics": [...]}
 //
 // Writes one JSON line per happening to stdout: {"type": "open" | "upgrade" | "connect" | "disconnect" |
 // "connect_error" | "reconnect_attempt" | "reconnect_failed" | "event" | "handler", ...}. "event" lines
@@ -32,10 +33,10 @@ function out(record) {
 
 let lastSeq = typeof config.lastSeq === "number" ? config.lastSeq : null;
 const options = { ...(config.io || {}) };
-if (config.token !== undefined || config.trackLastSeq) {
+if (config.token !== undefined || config.trackLastSeq || config.auth) {
   // The function form is called on every (re)connection, so a reconnect sends the current lastSeq.
   options.auth = (cb) => {
-    const auth = {};
+    const auth = { ...(config.auth || {}) };
     if (config.token !== undefined) auth.token = config.token;
     if (config.trackLastSeq && lastSeq !== null) auth.lastSeq = lastSeq;
     cb(auth);
