@@ -155,6 +155,7 @@ class Backend:
             sink=self.store,
             publish=self.bus.publish_many,
             processor=processing.load_processor(self.settings.processor),
+            deserializer=processing.load_deserializer(self.settings.deserializer),
             limits=processing.Limits.from_settings(self.settings),
             counts_changed=self.stats.counts_changed,
         )
