@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 EventItems = list[tuple[str, dict[str, Any]]]
 Publish = Callable[[EventItems], object]
-# One fresh record on its way: (record, logId, its headers as text, its decoded outcome).
-Decoded = tuple[Any, str, dict[str, str], processing.Outcome]
+# One fresh record on its way: (record, logId, its headers as text, its decoded outcome,
+# its key as (text, base64)).
+Decoded = tuple[Any, str, dict[str, str], processing.Outcome, tuple[str | None, str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +170,7 @@ class Pipeline:
             self.sink.mark_in_flight(received.new)
             self.publish(announcements(new, consumer_id, received.now_ms))
             if log.isEnabledFor(logging.DEBUG):
-                for _, log_id, _, _ in new:
+                for _, log_id, *_ in new:
                     log.debug("Broadcasted message-received for log %s", log_id)
         return [self._finish(consumer_id, item, received.times[item[1]]) for item in decoded]
 
@@ -236,17 +237,17 @@ class Pipeline:
         outcome = processing.decode_record(
             record.value, headers, self.limits, self.deserializer, record.headers or ()
         )
-        return (record, log_id, headers, outcome)
+        return (record, log_id, headers, outcome, record_meta.key_fields(record.key))
 
     def _finish(self, consumer_id: str, item: Decoded, received_ms: int) -> LogRow:
-        record, log_id, headers, decoded = item
+        record, log_id, headers, decoded, key = item
         outcome = processing.apply_processor(
             decoded, self.processor, record.topic, record.partition, record.offset, record.key, headers
         )
         if outcome.result is not None:
             outcome.result = jsonable(outcome.result)
             processing.limit_result(outcome, self.limits)
-        return to_row(record, log_id, self.cluster_id, consumer_id, outcome, received_ms)
+        return to_row(record, log_id, self.cluster_id, consumer_id, outcome, received_ms, key)
 
 
 @dataclass
@@ -292,8 +293,7 @@ def failed_row(row: LogRow, error: str) -> LogRow:
 def announcements(decoded: list[Decoded], consumer_id: str, received_ms: int) -> EventItems:
     """``message-received`` then ``processing-started`` for each record, in the batch's order."""
     items: EventItems = []
-    for record, log_id, _, outcome in decoded:
-        key, key_base64 = record_meta.key_fields(record.key)
+    for record, log_id, _, outcome, (key, key_base64) in decoded:
         items.append((events.MESSAGE_RECEIVED, events.message_received(
             log_id, record.topic, record.partition, record.offset, outcome.data_type, outcome.row_count,
             received_ms, key, key_base64,
@@ -319,14 +319,20 @@ def outcome_events(rows: list[LogRow], inserted: list[bool], consumer_id: str) -
 
 
 def to_row(
-    record: Any, log_id: str, cluster_id: str, consumer_id: str, outcome: processing.Outcome, received_ms: int
+    record: Any,
+    log_id: str,
+    cluster_id: str,
+    consumer_id: str,
+    outcome: processing.Outcome,
+    received_ms: int,
+    key_fields: tuple[str | None, str | None] | None = None,
 ) -> LogRow:
     """The stored row of one processed record and its metadata; completed now.
 
     A record that failed with no decoded payload keeps its value's first bytes, so the analyst
     can see what could not be read.
     """
-    key, key_base64 = record_meta.key_fields(record.key)
+    key, key_base64 = key_fields or record_meta.key_fields(record.key)
     headers, headers_truncated = record_meta.header_entries(record.headers)
     undecoded = not outcome.ok and outcome.payload is None
     return LogRow(

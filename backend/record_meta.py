@@ -38,9 +38,14 @@ def b64(data: bytes) -> str:
 
 
 def key_fields(key: bytes | None) -> tuple[str | None, str | None]:
-    """(``key``, ``keyBase64``): the key as text, or (None, base64) when it is not UTF-8."""
+    """(``key``, ``keyBase64``): the key as text, or (None, base64) when it is not UTF-8.
+
+    Runs for every record: ASCII (nearly every key) is checked in C before any UTF-8 decoding.
+    """
     if key is None:
         return None, None
+    if key.isascii():
+        return key.decode("ascii"), None
     text = utf8_or_none(key)
     return (text, None) if text is not None else (None, b64(key))
 
@@ -49,6 +54,8 @@ def header_entry(name: str, value: bytes | None) -> dict[str, Any]:
     """``{"key", "value"}``, or ``{"key", "valueBase64"}`` when the value is not UTF-8."""
     if value is None:
         return {"key": name, "value": None}
+    if value.isascii():
+        return {"key": name, "value": value.decode("ascii")}
     text = utf8_or_none(value)
     return {"key": name, "value": text} if text is not None else {"key": name, "valueBase64": b64(value)}
 
@@ -61,6 +68,8 @@ def header_entries(headers: RawHeaders | None) -> tuple[list[dict[str, Any]], bo
     producers, not about the exact character).
     """
     entries: list[dict[str, Any]] = []
+    if not headers:
+        return entries, False
     chars = 2  # the brackets
     for name, value in headers or ():
         entry = header_entry(str(name), value)

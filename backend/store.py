@@ -271,6 +271,10 @@ def _to_json(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+#: Headers are strings and nulls only: one encoder made once (json.dumps with options makes one a call).
+_HEADERS_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+
+
 def _from_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -336,7 +340,7 @@ def _prepare(row: LogRow) -> _Prepared:
     try:
         payload = row.payload_json if row.payload_json is not None else _to_json(row.payload)
         result = _to_json(row.result)
-        headers = _to_json(row.headers) if row.headers else None
+        headers = _HEADERS_JSON(row.headers) if row.headers else None
     except (ValueError, TypeError, RecursionError) as exc:
         return _Prepared(row, refused=f"not storable as JSON: {exc}")
     head = (
