@@ -170,3 +170,17 @@ def test_header_entries_never_mangle_bytes() -> None:
         {"key": "c", "value": ""},
     ]
     assert record_meta.key_fields(b"") == ("", None) and record_meta.key_fields(None) == (None, None)
+
+
+def test_an_attached_dashboard_reads_the_same_metadata_over_rest(tmp_path: Path) -> None:
+    """dashboard/remote_source.py's log_row: REST body -> LogRow -> the same REST body."""
+    from dashboard.remote_source import log_row
+
+    headers = [("trace", b"a"), ("trace", b"\xff"), ("n", None)]
+    store, _ = run([record(0, b"\x00\xff" * 10, b"\xfe", headers), record(1, None, b"k")], tmp_path)
+    try:
+        bodies = [detail(store, 0), detail(store, 1)]
+    finally:
+        store.close()
+    for body in bodies:
+        assert log_row(wire.parse(wire.LogDetailBody, body)).to_api(with_payload=True) == body
