@@ -16,6 +16,7 @@ from pathlib import Path
 DEFAULT_TOPIC_PATTERN = r"^(?!_)(?!.*\.DLQ$).+$"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 #: A stored row's JSON may be this many characters per byte of MAX_MESSAGE_BYTES (16 MiB by default).
 DECODED_PER_MESSAGE_BYTE = 16
 #: At most 4 bytes a character, this stays under SQLite's 1,000,000,000-byte limit for one value.
@@ -92,6 +93,9 @@ class Settings:
     max_message_bytes: int = 1_048_576
     topic_partitions: int = 3
     processor: str | None = None
+    deserializer: str | None = None
+    #: read_committed: records of aborted (and still open) transactions are never delivered.
+    isolation_level: str = "read_committed"
     # What one record may become (see backend.processing.Limits for why these defaults).
     max_decoded_chars: int | None = None  # None: DECODED_PER_MESSAGE_BYTE x max_message_bytes
     max_csv_columns: int = 1_000
@@ -174,7 +178,9 @@ class Settings:
             backend_url=_url(env, "BACKEND_URL"),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, 1, 100 * 1_048_576),
             topic_partitions=_int(env, "TOPIC_PARTITIONS", 3, 1, 1000),
-            processor=_processor(env.get("PROCESSOR", "").strip()),
+            processor=_plugin(env, "PROCESSOR"),
+            deserializer=_plugin(env, "DESERIALIZER"),
+            isolation_level=_isolation_level(env),
             max_decoded_chars=_optional_int(env, "MAX_DECODED_CHARS", 1_024, MAX_DECODED_CHARS),
             max_csv_columns=_int(env, "MAX_CSV_COLUMNS", 1_000, 1, 100_000),
             max_column_name_chars=_int(env, "MAX_COLUMN_NAME_CHARS", 256, 1, 100_000),
@@ -289,10 +295,21 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     return raw or None
 
 
-def _processor(raw: str) -> str | None:
+def _plugin(env: Mapping[str, str], name: str) -> str | None:
+    """PROCESSOR, DESERIALIZER: ``package.module:function`` (loaded at start, see backend.processing)."""
+    raw = env.get(name, "").strip()
     if raw and not re.match(r"^[\w.]+:\w+$", raw):
-        raise ConfigError(f"PROCESSOR={raw!r} is not package.module:function")
+        raise ConfigError(f"{name}={raw!r} is not package.module:function")
     return raw or None
+
+
+def _isolation_level(env: Mapping[str, str]) -> str:
+    raw = env.get("KAFKA_ISOLATION_LEVEL", "").strip()
+    if not raw:
+        return "read_committed"
+    if raw.lower() not in ISOLATION_LEVELS:
+        raise ConfigError(f"KAFKA_ISOLATION_LEVEL={raw!r} is not one of {', '.join(ISOLATION_LEVELS)}")
+    return raw.lower()
 
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")

@@ -48,9 +48,12 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
     consumers at 20 ms cost 0.2 cores and held the GIL against the gateway). A short
     ``max_poll_interval_ms`` bounds how long a rebalance can take (it is the
     rebalance timeout), and a short metadata age finds new topics within 5 s.
+    ``isolation_level`` (KAFKA_ISOLATION_LEVEL, read_committed by default) keeps the records of
+    aborted transactions from ever being processed, stored or counted.
     """
     return {
         "group_id": settings.group_id,
+        "isolation_level": settings.isolation_level,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": 20 if settings.embedded else 100,

@@ -42,7 +42,12 @@ OUTCOME_EVENTS = frozenset({PROCESSING_COMPLETED, PROCESSING_FAILED})
 
 SINGLE_MESSAGE = "SINGLE_MESSAGE"
 CSV_BATCH = "CSV_BATCH"
-DATA_TYPES = (SINGLE_MESSAGE, CSV_BATCH)
+#: A record with a null value: Kafka's "delete" in a compacted topic. Processed, with no rows.
+TOMBSTONE = "TOMBSTONE"
+#: Every data type a log can have (what the charts group by).
+DATA_TYPES = (SINGLE_MESSAGE, CSV_BATCH, TOMBSTONE)
+#: The data types a producer may declare in the ``data-type`` header (a tombstone is a null value).
+DECLARED_TYPES = (SINGLE_MESSAGE, CSV_BATCH)
 
 RECEIVED = "RECEIVED"
 PROCESSING = "PROCESSING"
@@ -123,9 +128,18 @@ def connection_success() -> dict[str, Any]:
 
 
 def message_received(
-    log_id: str, topic: str, partition: int, offset: int, data_type: str, row_count: int, at_ms: int
+    log_id: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    data_type: str,
+    row_count: int,
+    at_ms: int,
+    key: str | None = None,
+    key_base64: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """The seed's fields, plus the record's ``key`` (for the live tail; ``keyBase64`` when binary)."""
+    data = {
         "logId": log_id,
         "topic": topic,
         "partition": int(partition),
@@ -133,7 +147,11 @@ def message_received(
         "dataType": data_type,
         "rowCount": int(row_count),
         "timestamp": iso_from_ms(at_ms),
+        "key": key,
     }
+    if key_base64 is not None:
+        data["keyBase64"] = key_base64
+    return data
 
 
 def processing_started(log_id: str, consumer_id: str, at_ms: int) -> dict[str, Any]:

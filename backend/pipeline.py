@@ -29,15 +29,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from backend import events, processing
+from backend import events, processing, record_meta
 from backend.store import INSERTED, REFUSED, REPLACED, LogRow, Saved
 
 log = logging.getLogger(__name__)
 
 EventItems = list[tuple[str, dict[str, Any]]]
 Publish = Callable[[EventItems], object]
-# One fresh record on its way: (record, logId, its headers as text, its decoded outcome).
-Decoded = tuple[Any, str, dict[str, str], processing.Outcome]
+# One fresh record on its way: (record, logId, its headers as text, its decoded outcome,
+# its key as (text, base64)).
+Decoded = tuple[Any, str, dict[str, str], processing.Outcome, tuple[str | None, str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +106,13 @@ class Pipeline:
         processor: processing.Processor | None,
         limits: processing.Limits,
         counts_changed: Callable[[], None],
+        deserializer: processing.Deserializer | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.sink = sink
         self.publish = publish
         self.processor = processor
+        self.deserializer = deserializer
         self.limits = limits
         self.counts_changed = counts_changed
         self._announced: dict[str, int] = {}
@@ -167,7 +170,7 @@ class Pipeline:
             self.sink.mark_in_flight(received.new)
             self.publish(announcements(new, consumer_id, received.now_ms))
             if log.isEnabledFor(logging.DEBUG):
-                for _, log_id, _, _ in new:
+                for _, log_id, *_ in new:
                     log.debug("Broadcasted message-received for log %s", log_id)
         return [self._finish(consumer_id, item, received.times[item[1]]) for item in decoded]
 
@@ -231,17 +234,20 @@ class Pipeline:
 
     def _decode(self, record: Any, log_id: str) -> Decoded:
         headers = processing.header_map(record.headers)
-        return (record, log_id, headers, processing.decode_record(record.value, headers, self.limits))
+        outcome = processing.decode_record(
+            record.value, headers, self.limits, self.deserializer, record.headers or ()
+        )
+        return (record, log_id, headers, outcome, record_meta.key_fields(record.key))
 
     def _finish(self, consumer_id: str, item: Decoded, received_ms: int) -> LogRow:
-        record, log_id, headers, decoded = item
+        record, log_id, headers, decoded, key = item
         outcome = processing.apply_processor(
             decoded, self.processor, record.topic, record.partition, record.offset, record.key, headers
         )
         if outcome.result is not None:
             outcome.result = jsonable(outcome.result)
             processing.limit_result(outcome, self.limits)
-        return to_row(record, log_id, self.cluster_id, consumer_id, outcome, received_ms)
+        return to_row(record, log_id, self.cluster_id, consumer_id, outcome, received_ms, key)
 
 
 @dataclass
@@ -279,6 +285,7 @@ def failed_row(row: LogRow, error: str) -> LogRow:
         payload=None,
         result=None,
         payload_json=None,
+        value_bytes=None,
         completed_ms=events.now_ms(),
     )
 
@@ -286,10 +293,10 @@ def failed_row(row: LogRow, error: str) -> LogRow:
 def announcements(decoded: list[Decoded], consumer_id: str, received_ms: int) -> EventItems:
     """``message-received`` then ``processing-started`` for each record, in the batch's order."""
     items: EventItems = []
-    for record, log_id, _, outcome in decoded:
+    for record, log_id, _, outcome, (key, key_base64) in decoded:
         items.append((events.MESSAGE_RECEIVED, events.message_received(
             log_id, record.topic, record.partition, record.offset, outcome.data_type, outcome.row_count,
-            received_ms,
+            received_ms, key, key_base64,
         )))  # fmt: skip
         items.append((events.PROCESSING_STARTED, events.processing_started(log_id, consumer_id, received_ms)))
     return items
@@ -312,16 +319,29 @@ def outcome_events(rows: list[LogRow], inserted: list[bool], consumer_id: str) -
 
 
 def to_row(
-    record: Any, log_id: str, cluster_id: str, consumer_id: str, outcome: processing.Outcome, received_ms: int
+    record: Any,
+    log_id: str,
+    cluster_id: str,
+    consumer_id: str,
+    outcome: processing.Outcome,
+    received_ms: int,
+    key_fields: tuple[str | None, str | None] | None = None,
 ) -> LogRow:
-    """The stored row of one processed record; completed now."""
+    """The stored row of one processed record and its metadata; completed now.
+
+    A record that failed with no decoded payload keeps its value's first bytes, so the analyst
+    can see what could not be read.
+    """
+    key, key_base64 = key_fields or record_meta.key_fields(record.key)
+    headers, headers_truncated = record_meta.header_entries(record.headers)
+    undecoded = not outcome.ok and outcome.payload is None
     return LogRow(
         log_id=log_id,
         cluster_id=cluster_id,
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
-        record_key=None if record.key is None else record.key.decode("utf-8", errors="replace"),
+        record_key=key,
         data_type=outcome.data_type,
         row_count=outcome.row_count,
         status=events.PROCESSED if outcome.ok else events.FAILED,
@@ -335,6 +355,10 @@ def to_row(
         payload=outcome.payload,
         result=jsonable(outcome.result),
         payload_json=outcome.payload_json,
+        key_base64=key_base64,
+        headers=headers,
+        headers_truncated=headers_truncated,
+        value_bytes=record_meta.kept_value(record.value) if undecoded else None,
     )
 
 

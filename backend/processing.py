@@ -9,26 +9,38 @@ What one record may become is bounded (:class:`Limits`) and checked while decodi
 anything is stored: a 1 MB CSV whose rows repeat long column names would otherwise become a
 gigabyte of JSON that the store refuses for ever. The producer API asks the same question up
 front (:func:`check_producible`), so a record it accepts is one the consumers can process.
+
+A null value is a tombstone (a delete in a compacted topic): processed, with no rows, and not
+given to the user processor. Binary values (not UTF-8, or with NUL bytes: no JSON or CSV text has
+them) and text that is neither JSON nor CSV go to the DESERIALIZER when one is set; what it
+returns is processed like a decoded JSON value.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import datetime
+import decimal
 import importlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, compress
 from typing import Any
 
-from backend.config import Settings
-from backend.events import CSV_BATCH, DATA_TYPES, SINGLE_MESSAGE
+from backend.config import ConfigError, Settings
+from backend.events import CSV_BATCH, DECLARED_TYPES, SINGLE_MESSAGE, TOMBSTONE
 
 log = logging.getLogger(__name__)
 
 Processor = Callable[["DecodedRecord"], Any]
+#: The record's headers as Kafka gives them: (name, bytes or None), in record order.
+RawHeaders = Sequence[tuple[str, bytes | None]]
+#: DESERIALIZER: (value, headers) -> a value processed like decoded JSON; raises when it cannot.
+Deserializer = Callable[[bytes, RawHeaders], Any]
 MAX_ERROR_CHARS = 500
 
 
@@ -116,27 +128,35 @@ def header_map(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, 
 
 
 def decode(
-    value: bytes | None, headers: dict[str, str], limits: Limits | int
+    value: bytes | None,
+    headers: dict[str, str],
+    limits: Limits | int,
+    deserializer: Deserializer | None = None,
+    raw_headers: RawHeaders = (),
 ) -> tuple[str, int, Any, str | None]:
     """Decide (dataType, rowCount, payload, JSON text) from the data-type header, else from the content.
 
     The JSON text is what the store keeps for the payload: the record's own text for JSON, the
-    rows serialised once here for CSV (after the size estimate passed, never before).
+    rows serialised once here for CSV (after the size estimate passed, never before). Values
+    that are binary, or text that is neither JSON nor CSV, go to ``deserializer`` when one is
+    given and no data-type header declares the record JSON or CSV.
     """
     limits = as_limits(limits)
     if value is None or len(value) == 0:
         raise DecodeError("empty message")
     if len(value) > limits.max_message_bytes:
         raise DecodeError(f"message too large: {len(value)} bytes (limit {limits.max_message_bytes})")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"not valid UTF-8 (byte {exc.start})") from None
+    declared = headers.get("data-type", "").strip().upper()
+    if declared and declared not in DECLARED_TYPES:
+        raise DecodeError(f"unknown data-type header {declared[:40]!r}")
+    deserializer = None if declared else deserializer
+    text, binary = _as_text(value, hint=deserializer is None and not declared)
+    if text is None:
+        if deserializer is None:
+            raise DecodeError(binary)
+        return deserialize(value, raw_headers, deserializer, limits)
     if not text.strip():
         raise DecodeError("empty message (only white space)")
-    declared = headers.get("data-type", "").strip().upper()
-    if declared and declared not in DATA_TYPES:
-        raise DecodeError(f"unknown data-type header {declared[:40]!r}")
     if declared == CSV_BATCH:
         return _csv_outcome(text, limits)
     if declared == SINGLE_MESSAGE or looks_like_json(text):
@@ -145,7 +165,66 @@ def decode(
     try:
         return _csv_outcome(text, limits)
     except CsvFormatError as exc:
+        if deserializer is not None:
+            return deserialize(value, raw_headers, deserializer, limits)
         raise DecodeError(f"neither JSON nor CSV with a header row: {exc}") from None
+
+
+_BINARY_HINT = "; set DESERIALIZER to decode binary values"
+
+
+def _as_text(value: bytes, hint: bool) -> tuple[str | None, str]:
+    """The value as text, or (None, why it is binary): not UTF-8, or with a NUL byte.
+
+    No JSON or CSV text holds a NUL, while binary formats nearly always do (Confluent's Avro and
+    Protobuf framing starts with one); Python's csv module accepts NULs, so without this rule an
+    Avro record could be read as a one-column CSV table.
+    """
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 (byte {exc.start}){_BINARY_HINT if hint else ''}"
+    nul = value.find(0)
+    if nul >= 0:
+        return (
+            None,
+            f"binary value: byte {nul} is NUL, so it is not JSON or CSV text{_BINARY_HINT if hint else ''}",
+        )
+    return text, ""
+
+
+def deserialize(
+    value: bytes, raw_headers: RawHeaders, deserializer: Deserializer, limits: Limits
+) -> tuple[str, int, Any, str | None]:
+    """Run the DESERIALIZER; its value, made JSON, is a SINGLE_MESSAGE (an array: one row per item).
+
+    Avro and Protobuf decoders return bytes, dates, decimals and UUIDs, which JSON lacks: they
+    become base64, ISO-8601 and decimal text (:func:`_json_default`). The payload is the JSON
+    text read back, so a processor sees exactly what the store keeps.
+    """
+    try:
+        decoded = deserializer(value, list(raw_headers))
+    except Exception as exc:  # the plugin point: any error is the record's failure, not ours
+        log.debug("deserializer failed", exc_info=True)
+        raise DecodeError(f"DESERIALIZER failed: {_error_text(exc)}") from None
+    try:
+        text = json.dumps(decoded, ensure_ascii=False, allow_nan=False, default=_json_default)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise DecodeError(f"DESERIALIZER returned a value that is not JSON: {_error_text(exc)}") from None
+    payload = parse_json(text, limits)
+    return SINGLE_MESSAGE, len(payload) if isinstance(payload, list) else 1, payload, text
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # exact: a float would round it
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)  # UUIDs, enums: their text
 
 
 def _csv_outcome(text: str, limits: Limits) -> tuple[str, int, Any, str | None]:
@@ -320,24 +399,50 @@ def _too_many_rows(count: int, header: list[str], per_row: int, limits: Limits) 
     )
 
 
-def load_processor(spec: str | None) -> Processor | None:
-    """Import ``package.module:function`` (the PROCESSOR setting)."""
+def load_plugin(spec: str | None, variable: str) -> Callable[..., Any] | None:
+    """Import ``package.module:function`` named by ``variable``; ConfigError naming it if that fails."""
     if not spec:
         return None
     module_name, _, attr = spec.partition(":")
-    function = getattr(importlib.import_module(module_name), attr)
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except Exception as exc:  # ImportError, AttributeError, or the module's own error on import
+        raise ConfigError(f"{variable}={spec!r} cannot be loaded: {_error_text(exc)}") from None
     if not callable(function):
-        raise TypeError(f"{spec} is not callable")
+        raise ConfigError(f"{variable}={spec!r} is not callable")
     return function
 
 
-def decode_record(value: bytes | None, headers: dict[str, str], limits: Limits | int) -> Outcome:
-    """Decode one record's value; a decoding problem becomes an error outcome."""
+def load_processor(spec: str | None) -> Processor | None:
+    """Import the PROCESSOR setting."""
+    return load_plugin(spec, "PROCESSOR")
+
+
+def load_deserializer(spec: str | None) -> Deserializer | None:
+    """Import the DESERIALIZER setting."""
+    return load_plugin(spec, "DESERIALIZER")
+
+
+def decode_record(
+    value: bytes | None,
+    headers: dict[str, str],
+    limits: Limits | int,
+    deserializer: Deserializer | None = None,
+    raw_headers: RawHeaders = (),
+) -> Outcome:
+    """Decode one record's value; a decoding problem becomes an error outcome.
+
+    A null value (not an empty one) is a tombstone: PROCESSED, no rows.
+    """
+    if value is None:
+        return Outcome(TOMBSTONE, 0)
     declared = headers.get("data-type", "").strip().upper()
     try:
-        data_type, row_count, payload, payload_json = decode(value, headers, limits)
+        data_type, row_count, payload, payload_json = decode(
+            value, headers, limits, deserializer, raw_headers
+        )
     except DecodeError as exc:
-        fallback = declared if declared in DATA_TYPES else SINGLE_MESSAGE
+        fallback = declared if declared in DECLARED_TYPES else SINGLE_MESSAGE
         return Outcome(fallback, 0, error=str(exc))
     return Outcome(data_type, row_count, payload, payload_json=payload_json)
 
@@ -361,8 +466,11 @@ def apply_processor(
     key: bytes | None,
     headers: dict[str, str],
 ) -> Outcome:
-    """Run the user processor on a decoded record; its exceptions become the record's error."""
-    if processor is None or not decoded.ok:
+    """Run the user processor on a decoded record; its exceptions become the record's error.
+
+    Tombstones are not given to it: they have no value, and the contract has them PROCESSED.
+    """
+    if processor is None or not decoded.ok or decoded.data_type == TOMBSTONE:
         return decoded
     record = DecodedRecord(
         topic, partition, offset, _text(key), decoded.data_type, decoded.row_count, decoded.payload, headers

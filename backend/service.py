@@ -133,6 +133,9 @@ class Backend:
 
     def start(self, serve_http: bool = True) -> Backend:
         """Start everything; raises ConfigError (or BrokerError) with one clear line."""
+        # The plugins first: one that cannot be imported stops start-up before anything runs.
+        processor = processing.load_processor(self.settings.processor)
+        deserializer = processing.load_deserializer(self.settings.deserializer)
         if serve_http:
             # Here, not in the server thread: an unsupported library version stops start-up
             # with one line instead of leaving a backend that runs without its HTTP side.
@@ -154,7 +157,8 @@ class Backend:
             cluster_id=self.cluster_id,
             sink=self.store,
             publish=self.bus.publish_many,
-            processor=processing.load_processor(self.settings.processor),
+            processor=processor,
+            deserializer=deserializer,
             limits=processing.Limits.from_settings(self.settings),
             counts_changed=self.stats.counts_changed,
         )

@@ -10,12 +10,14 @@ by the inserts that actually happened, so they are exact, survive restarts and
 survive the pruning of old logs (RETENTION).
 Records received but not yet stored are tracked in memory (``in_flight``).
 
-Layout (schema 2): ``log_rows`` holds what lists, filters, counts and exports
-read; a payload or result whose JSON text is over ``INLINE_CHARS`` is stored
-apart in ``payloads`` (the row keeps a short preview), so a list never reads a
-174 MB CSV to answer with 2 KB. The view ``logs`` shows every row with its full
-payload and result, for the analytical queries (backend/analytics.py).
-A database of schema 1 (one ``logs`` table) is migrated at open.
+Layout (schema 3): ``log_rows`` holds what lists, filters, counts and exports
+read, the record's key and headers included; a payload or result whose JSON text
+is over ``INLINE_CHARS`` is stored apart in ``payloads`` (the row keeps a short
+preview), so a list never reads a 174 MB CSV to answer with 2 KB. The first bytes
+of a value that could not be decoded are kept in ``payloads.value`` too, read only
+by :meth:`Store.log`. The view ``logs`` shows every row with its full payload and
+result, for the analytical queries (backend/analytics.py). A database of schema 1
+(one ``logs`` table) or 2 (no key bytes, headers or kept values) is migrated at open.
 
 Failures are told apart: a row SQLite refuses (too big, a constraint) is
 replaced by a FAILED row saying why and its batch goes on (``save_outcomes``);
@@ -48,7 +50,7 @@ from backend.events import FAILED, PROCESSED
 log = logging.getLogger(__name__)
 
 DB_NAME = "dashboard.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The checkpoint thread looks this often whether the WAL should be copied into the database file:
 #: when this many rows were stored since the last copy, or any row and the copy is this old. Each
@@ -83,7 +85,10 @@ _HEAD_COLUMNS = (
     'log_id, cluster_id, topic, partition, "offset", record_key, data_type, row_count, status, '
     "consumer_id, error, produced_ms, received_ms, started_ms, completed_ms, size_bytes"
 )
-_ROW_COLUMNS = f"{_HEAD_COLUMNS}, payload, result, apart, payload_preview"
+#: The record's metadata beyond the key's text (schema 3): after the head, read by keyword.
+_META_COLUMNS = "key_base64, headers, headers_truncated"
+_ROW_COLUMNS = f"{_HEAD_COLUMNS}, {_META_COLUMNS}, payload, result, apart, payload_preview"
+_ROW_MARKS = ",".join("?" * len(_ROW_COLUMNS.split(",")))
 
 
 def _full(column: str) -> str:
@@ -100,6 +105,18 @@ _SCHEMA_1_TO_2 = [
     "ALTER TABLE logs RENAME TO log_rows",
     "ALTER TABLE log_rows ADD COLUMN apart INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE log_rows ADD COLUMN payload_preview TEXT",
+]
+#: key_base64: the key when it is not UTF-8 (record_key is then NULL); headers: the contract's
+#: list as JSON text (NULL: none); headers_truncated: some were left out (record_meta).
+_LOG_ROWS_2_TO_3 = [
+    "ALTER TABLE log_rows ADD COLUMN key_base64 TEXT",
+    "ALTER TABLE log_rows ADD COLUMN headers TEXT",
+    "ALTER TABLE log_rows ADD COLUMN headers_truncated INTEGER NOT NULL DEFAULT 0",
+]
+_SCHEMA_2_TO_3 = [
+    *_LOG_ROWS_2_TO_3,
+    "ALTER TABLE payloads ADD COLUMN value BLOB",
+    "DROP VIEW IF EXISTS logs",
 ]
 _LOG_ROWS = """
 CREATE TABLE log_rows (
@@ -123,16 +140,20 @@ CREATE TABLE log_rows (
     result        TEXT,
     apart         INTEGER NOT NULL DEFAULT 0,
     payload_preview TEXT,
+    key_base64    TEXT,
+    headers       TEXT,
+    headers_truncated INTEGER NOT NULL DEFAULT 0,
     UNIQUE (cluster_id, topic, partition, "offset")
 )
 """
-_SCHEMA_2 = [
+_SCHEMA = [
     "CREATE INDEX IF NOT EXISTS logs_by_time ON log_rows (received_ms)",
     "CREATE INDEX IF NOT EXISTS logs_by_topic ON log_rows (topic, received_ms)",
     "CREATE INDEX IF NOT EXISTS logs_by_status ON log_rows (status, received_ms)",
-    "CREATE TABLE IF NOT EXISTS payloads (log_id TEXT PRIMARY KEY, payload TEXT, result TEXT)",
+    # value: the first bytes of a value that could not be decoded (record_meta.MAX_KEPT_VALUE_BYTES).
+    "CREATE TABLE IF NOT EXISTS payloads (log_id TEXT PRIMARY KEY, payload TEXT, result TEXT, value BLOB)",
     # has_payload answers "is a payload stored" without reading one stored apart.
-    f"""CREATE VIEW IF NOT EXISTS logs AS SELECT {_HEAD_COLUMNS},
+    f"""CREATE VIEW IF NOT EXISTS logs AS SELECT {_HEAD_COLUMNS}, {_META_COLUMNS},
         {_FULL_PAYLOAD} AS payload, {_full("result")} AS result,
         (l.payload IS NOT NULL OR l.payload_preview IS NOT NULL) AS has_payload
         FROM log_rows AS l""",
@@ -185,6 +206,12 @@ class LogRow:
     A row read by a list whose payload is stored apart has ``stored_apart`` set: it carries neither
     payload nor result, only ``payload_preview`` (the first characters of the payload's JSON text);
     :meth:`Store.log` and :meth:`Store.with_payloads` give the full values.
+
+    The record's metadata (backend/record_meta.py): ``record_key`` is the key's text, or None with
+    ``key_base64`` set when the key is not UTF-8; ``headers`` the contract's list (``{"key",
+    "value"}`` or ``{"key", "valueBase64"}``, record order); ``produced_ms`` the record's own
+    timestamp. ``value_bytes``: the first bytes of a value that could not be decoded, on rows
+    to store and on :meth:`Store.log` only (lists never read them).
     """
 
     log_id: str
@@ -208,6 +235,15 @@ class LogRow:
     payload_json: str | None = None
     stored_apart: bool = False
     payload_preview: str | None = None
+    key_base64: str | None = None
+    headers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    headers_truncated: bool = False
+    value_bytes: bytes | None = None
+
+    @property
+    def value_truncated(self) -> bool:
+        """The kept bytes are only the first of the value's ``size_bytes``."""
+        return self.value_bytes is not None and (self.size_bytes or 0) > len(self.value_bytes)
 
     def to_api(self, with_payload: bool = False) -> dict[str, Any]:
         """The contract's log object (REST and dashboard): :class:`backend.wire.LogBody`, or
@@ -216,10 +252,10 @@ class LogRow:
             self.log_id, self.topic, self.partition, self.offset, self.data_type, self.row_count,
             self.status, self.consumer_id, self.error, self.received_ms, self.started_ms,
             self.completed_ms, self.produced_ms, self.record_key, self.size_bytes,
+            self.key_base64, self.headers, self.headers_truncated,
         )  # fmt: skip
         if with_payload:
-            data["payload"] = self.payload
-            data["result"] = self.result
+            wire.add_detail(data, self.payload, self.result, self.value_bytes, self.value_truncated)
         return data
 
 
@@ -238,20 +274,34 @@ def _to_json(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+#: Headers are strings and nulls only: one encoder made once (json.dumps with options makes one a call).
+_HEADERS_JSON = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+
+
 def _from_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
 def _listed(values: tuple[Any, ...]) -> LogRow:
     """A LogRow from the columns of _ROW_COLUMNS (payload and result are NULL when stored apart)."""
-    *head, payload, result, apart, preview = values
+    *head, key_base64, headers, headers_truncated, payload, result, apart, preview = values
     return LogRow(
         *head,
         payload=_from_json(payload),
         result=_from_json(result),
         stored_apart=bool(apart),
         payload_preview=preview,
+        **_meta(key_base64, headers, headers_truncated),
     )
+
+
+def _meta(key_base64: str | None, headers: str | None, headers_truncated: int) -> dict[str, Any]:
+    """LogRow's metadata fields from the columns of _META_COLUMNS."""
+    return {
+        "key_base64": key_base64,
+        "headers": _from_json(headers) or [],
+        "headers_truncated": bool(headers_truncated),
+    }
 
 
 def _size(n: int) -> str:
@@ -280,7 +330,8 @@ def _refuses_row(exc: BaseException) -> bool:
 
 @dataclass(slots=True)
 class _Prepared:
-    """One row's values for log_rows, and for payloads when stored apart (or why it cannot be)."""
+    """One row's values for log_rows, and for payloads when stored apart or with a kept value (or
+    why it cannot be stored)."""
 
     row: LogRow
     values: tuple[Any, ...] = ()
@@ -292,17 +343,21 @@ def _prepare(row: LogRow) -> _Prepared:
     try:
         payload = row.payload_json if row.payload_json is not None else _to_json(row.payload)
         result = _to_json(row.result)
+        headers = _HEADERS_JSON(row.headers) if row.headers else None
     except (ValueError, TypeError, RecursionError) as exc:
         return _Prepared(row, refused=f"not storable as JSON: {exc}")
     head = (
         row.log_id, row.cluster_id, row.topic, row.partition, row.offset, row.record_key,
         row.data_type, row.row_count, row.status, row.consumer_id, row.error, row.produced_ms,
         row.received_ms, row.started_ms, row.completed_ms, row.size_bytes,
+        row.key_base64, headers, int(row.headers_truncated),
     )  # fmt: skip
+    value = row.value_bytes
     if (payload is None or len(payload) <= INLINE_CHARS) and (result is None or len(result) <= INLINE_CHARS):
-        return _Prepared(row, (*head, payload, result, 0, None))
+        kept = None if value is None else (row.log_id, None, None, value)
+        return _Prepared(row, (*head, payload, result, 0, None), kept)
     preview = None if payload is None else payload[:PREVIEW_CHARS]
-    return _Prepared(row, (*head, None, None, 1, preview), (row.log_id, payload, result))
+    return _Prepared(row, (*head, None, None, 1, preview), (row.log_id, payload, result, value))
 
 
 def _as_stored(rows: list[LogRow], outcomes: list[Saved]) -> Iterator[tuple[LogRow, str]]:
@@ -317,7 +372,9 @@ def _as_stored(rows: list[LogRow], outcomes: list[Saved]) -> Iterator[tuple[LogR
 def as_failed(row: LogRow, reason: str) -> LogRow:
     """The FAILED row stored in place of one the store refused: no payload, the reason as error."""
     error = reason if not row.error else f"{reason}; {row.error[:1000]}"
-    return dataclasses.replace(row, status=FAILED, error=error, payload=None, result=None, payload_json=None)
+    return dataclasses.replace(
+        row, status=FAILED, error=error, payload=None, result=None, payload_json=None, value_bytes=None
+    )
 
 
 class Store:
@@ -405,7 +462,7 @@ class Store:
 
     @staticmethod
     def _upgrade(connection: sqlite3.Connection) -> None:
-        """Create the schema, or migrate schema 1 (one ``logs`` table) in one transaction."""
+        """Create the schema, or migrate schema 1 (one ``logs`` table) or 2 in one transaction."""
         kind = connection.execute("SELECT type FROM sqlite_master WHERE name = 'logs'").fetchone()
         version = {None: 0, "table": 1}.get(kind[0] if kind else None, SCHEMA_VERSION)
         if version == SCHEMA_VERSION:  # a view: schema 2 or later, which says so in meta
@@ -418,9 +475,8 @@ class Store:
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            for statement in _SCHEMA_1_TO_2 if version == 1 else [_LOG_ROWS]:
-                connection.execute(statement)
-            for statement in _SCHEMA_2:
+            steps = {0: [_LOG_ROWS], 1: [*_SCHEMA_1_TO_2, *_LOG_ROWS_2_TO_3], 2: _SCHEMA_2_TO_3}[version]
+            for statement in [*steps, *_SCHEMA]:
                 connection.execute(statement)
             if version == 1:
                 Store._move_big_values_apart(connection)
@@ -433,8 +489,8 @@ class Store:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        if version == 1:
-            log.info("store: migrated to schema %d (values over %d characters stored apart)", 2, INLINE_CHARS)
+        if version:
+            log.info("store: migrated from schema %d to %d", version, SCHEMA_VERSION)
 
     @staticmethod
     def _move_big_values_apart(connection: sqlite3.Connection) -> None:
@@ -671,13 +727,14 @@ class Store:
 
     @staticmethod
     def _insert(cursor: sqlite3.Cursor, items: list[_Prepared]) -> None:
-        marks = ",".join("?" * 20)
         cursor.executemany(
-            f"INSERT INTO log_rows ({_ROW_COLUMNS}) VALUES ({marks})", [i.values for i in items]
+            f"INSERT INTO log_rows ({_ROW_COLUMNS}) VALUES ({_ROW_MARKS})", [i.values for i in items]
         )
         apart = [item.apart for item in items if item.apart is not None]
         if apart:
-            cursor.executemany("INSERT INTO payloads (log_id, payload, result) VALUES (?, ?, ?)", apart)
+            cursor.executemany(
+                "INSERT INTO payloads (log_id, payload, result, value) VALUES (?, ?, ?, ?)", apart
+            )
 
     def _insert_each(
         self, cursor: sqlite3.Cursor, prepared: list[_Prepared], present: set[str]
@@ -834,13 +891,22 @@ class Store:
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def log(self, log_id: str) -> LogRow | None:
-        """One stored log with its payload and result, wherever they are stored."""
-        sql = f"SELECT {_HEAD_COLUMNS}, payload, result FROM logs WHERE log_id = ?"
+        """One stored log with its payload and result, wherever they are stored, and its kept value."""
+        sql = (
+            f"SELECT {_HEAD_COLUMNS}, {_META_COLUMNS}, payload, result, "
+            "(SELECT p.value FROM payloads AS p WHERE p.log_id = logs.log_id) FROM logs WHERE log_id = ?"
+        )
         values = self._reader().execute(sql, (log_id,)).fetchone()
         if values is None:
             return None
-        *head, payload, result = values
-        return LogRow(*head, payload=_from_json(payload), result=_from_json(result))
+        *head, key_base64, headers, headers_truncated, payload, result, value = values
+        return LogRow(
+            *head,
+            payload=_from_json(payload),
+            result=_from_json(result),
+            value_bytes=value,
+            **_meta(key_base64, headers, headers_truncated),
+        )
 
     def with_payloads(self, rows: list[LogRow]) -> list[LogRow]:
         """These rows (e.g. a page to export) with full payloads and results, read only where missing."""

@@ -19,6 +19,7 @@ a parsed row dumps back to exactly the dict the local query gives.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from functools import cache
 from typing import Annotated, Any, Literal, TypeVar
@@ -89,14 +90,26 @@ def statistics_body(total: int, processed: int, failed: int, active_consumers: i
     }
 
 
+class HeaderBody(BaseModel):
+    """One Kafka record header: ``value`` when it is UTF-8 text (or null), else ``valueBase64``."""
+
+    key: str
+    value: str | None = Field(default=None, description="The value as text, or null (also when binary)")
+    valueBase64: str | None = Field(  # noqa: N815
+        default=None, description="The value's bytes in base64, present only when they are not UTF-8"
+    )
+
+
 class LogBody(BaseModel):
-    """One Kafka record and its outcome."""
+    """One Kafka record, its metadata and its outcome."""
 
     logId: str  # noqa: N815
     topic: str
     partition: Count
     offset: Offset
-    dataType: Literal["SINGLE_MESSAGE", "CSV_BATCH"]  # noqa: N815
+    dataType: Literal["SINGLE_MESSAGE", "CSV_BATCH", "TOMBSTONE"] = Field(  # noqa: N815
+        description="TOMBSTONE: the record's value is null (PROCESSED, rowCount 0)"
+    )
     rowCount: Count  # noqa: N815
     status: Literal["RECEIVED", "PROCESSING", "PROCESSED", "FAILED"]
     consumerId: str | None  # noqa: N815
@@ -104,9 +117,17 @@ class LogBody(BaseModel):
     receivedAt: Timestamp  # noqa: N815
     startedAt: Timestamp | None  # noqa: N815
     completedAt: Timestamp | None  # noqa: N815
-    producedAt: Timestamp | None  # noqa: N815
-    key: str | None
-    sizeBytes: Count | None  # noqa: N815
+    producedAt: Timestamp | None = Field(description="The record's own timestamp (as kafkaTimestamp)")  # noqa: N815
+    key: str | None = Field(description="The record's key as UTF-8 text; null when null or not UTF-8")
+    sizeBytes: Count | None = Field(description="The value's size in bytes (null: a null value)")  # noqa: N815
+    keyBase64: str | None = Field(description="The key's bytes in base64 when they are not UTF-8")  # noqa: N815
+    headers: list[HeaderBody] = Field(description="The record's headers in record order, repeats kept")
+    headersTruncated: bool = Field(  # noqa: N815
+        description="Some headers were left out: their JSON text would exceed 16 KiB"
+    )
+    kafkaTimestamp: Timestamp | None = Field(  # noqa: N815
+        description="The record's own timestamp (create or log-append time); null when it has none"
+    )
 
 
 class LogDetailBody(LogBody):
@@ -114,6 +135,10 @@ class LogDetailBody(LogBody):
 
     payload: Any = Field(description="The decoded payload (JSON value; a CSV batch is an array of rows)")
     result: Any = Field(description="What the processor returned, when it returned something")
+    valueBase64: str | None = Field(  # noqa: N815
+        description="A value that could not be decoded: its first bytes (at most 64 KiB) in base64"
+    )
+    valueTruncated: bool = Field(description="valueBase64 holds only the first 64 KiB of the value")  # noqa: N815
 
 
 def log_body(
@@ -132,8 +157,15 @@ def log_body(
     produced_ms: int | None,
     key: str | None,
     size_bytes: int | None,
+    key_base64: str | None = None,
+    headers: list[dict[str, Any]] | None = None,
+    headers_truncated: bool = False,
 ) -> dict[str, Any]:
-    """A :class:`LogBody` as a plain dict: called for every record, so no model is built."""
+    """A :class:`LogBody` as a plain dict: called for every record, so no model is built.
+
+    ``headers`` are already the contract's entries (backend/record_meta.py builds them).
+    """
+    produced = iso_from_ms(produced_ms) if produced_ms else None
     return {
         "logId": log_id,
         "topic": topic,
@@ -147,10 +179,25 @@ def log_body(
         "receivedAt": iso_from_ms(received_ms),
         "startedAt": iso_from_ms(started_ms) if started_ms else None,
         "completedAt": iso_from_ms(completed_ms) if completed_ms else None,
-        "producedAt": iso_from_ms(produced_ms) if produced_ms else None,
+        "producedAt": produced,
         "key": key,
         "sizeBytes": size_bytes,
+        "keyBase64": key_base64,
+        "headers": headers or [],
+        "headersTruncated": headers_truncated,
+        "kafkaTimestamp": produced,
     }
+
+
+def add_detail(
+    body: dict[str, Any], payload: Any, result: Any, value_bytes: bytes | None, value_truncated: bool
+) -> dict[str, Any]:
+    """A :class:`LogBody` dict made a :class:`LogDetailBody`: the payload, result and kept value."""
+    body["payload"] = payload
+    body["result"] = result
+    body["valueBase64"] = None if value_bytes is None else base64.b64encode(value_bytes).decode("ascii")
+    body["valueTruncated"] = value_truncated
+    return body
 
 
 class ConsumerBody(BaseModel):

@@ -14,6 +14,7 @@ machine.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -105,7 +106,15 @@ def log_row(body: wire.LogBody) -> LogRow:
         size_bytes=body.sizeBytes,
         payload=getattr(body, "payload", None),
         result=getattr(body, "result", None),
+        key_base64=body.keyBase64,
+        headers=[header.model_dump(exclude_unset=True) for header in body.headers],
+        headers_truncated=body.headersTruncated,
+        value_bytes=_bytes(getattr(body, "valueBase64", None)),
     )
+
+
+def _bytes(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
 
 
 def consumer_view(body: wire.ConsumerBody) -> ConsumerView:

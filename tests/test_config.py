@@ -18,6 +18,14 @@ def test_defaults_follow_the_contract() -> None:
     assert not settings.topic_matches("orders.DLQ")
 
 
+def test_isolation_level_reaches_the_consumers() -> None:
+    from backend.consumers import consumer_options
+
+    assert consumer_options(Settings.from_env({}))["isolation_level"] == "read_committed"
+    chosen = Settings.from_env({"KAFKA_ISOLATION_LEVEL": " READ_UNCOMMITTED "})
+    assert consumer_options(chosen)["isolation_level"] == "read_uncommitted"
+
+
 def test_topics_as_list_or_regex() -> None:
     listed = Settings.from_env({"KAFKA_TOPICS": "orders, payments"})
     assert listed.topics == ("orders", "payments") and not listed.topic_matches("other")
@@ -40,6 +48,8 @@ def test_topics_as_list_or_regex() -> None:
         ({"KAFKA_SSL_CAFILE": "/no/such/file.pem"}, "KAFKA_SSL_CAFILE"),
         ({"BACKEND_URL": "ftp://x"}, "BACKEND_URL"),
         ({"PROCESSOR": "not a spec"}, "PROCESSOR"),
+        ({"DESERIALIZER": "examples.avro_deserializer"}, "DESERIALIZER"),
+        ({"KAFKA_ISOLATION_LEVEL": "read_everything"}, "KAFKA_ISOLATION_LEVEL"),
         ({"HTTP_HEADER_TIMEOUT": "soon"}, "HTTP_HEADER_TIMEOUT"),
         ({"HTTP_BODY_TIMEOUT": "0"}, "HTTP_BODY_TIMEOUT"),
         ({"HTTP_KEEP_ALIVE_TIMEOUT": "nan"}, "HTTP_KEEP_ALIVE_TIMEOUT"),
@@ -113,3 +123,12 @@ def test_connection_and_cap_settings() -> None:
         0.5,
     )
     assert (tuned.max_connections, tuned.max_created_topics, tuned.max_consumers) == (500, 0, 4)
+
+
+def test_a_plugin_that_cannot_be_loaded_stops_start_up_before_anything_runs(tmp_path) -> None:
+    from backend.service import Backend
+
+    settings = Settings(data_dir=tmp_path / "data", deserializer="no_such_module:decode")
+    with pytest.raises(ConfigError, match=r"^DESERIALIZER='no_such_module:decode' cannot be loaded: "):
+        Backend(settings).start(serve_http=False)
+    assert not (tmp_path / "data").exists()  # no store, no broker

@@ -8,8 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.events import CSV_BATCH, SINGLE_MESSAGE
-from backend.processing import DecodedRecord, apply_processor, decode_record, header_map, load_processor
+from backend.config import ConfigError
+from backend.events import CSV_BATCH, SINGLE_MESSAGE, TOMBSTONE
+from backend.processing import (
+    DecodedRecord,
+    Limits,
+    apply_processor,
+    decode_record,
+    header_map,
+    load_deserializer,
+    load_processor,
+)
 
 LIMIT = 1024
 
@@ -57,7 +66,6 @@ def test_csv_with_quoted_commas_and_newlines() -> None:
     ("value", "data_type", "expected"),
     [
         (b"", None, "empty message"),
-        (None, None, "empty message"),
         (b"   \n\t", None, "empty message"),
         (b"\xff\xfe\x00bad", None, "not valid UTF-8"),
         (b'{"name": "Test",', None, "invalid JSON"),
@@ -139,3 +147,117 @@ def test_any_text_table_gives_an_outcome(rows: list[list[str]]) -> None:
     text = "\n".join(",".join(row) for row in rows)
     result = outcome(text.encode(), CSV_BATCH)
     assert result.ok or result.error
+
+
+# --- tombstones, binary values and the DESERIALIZER ----------------------------------------------
+
+
+def test_a_null_value_is_a_processed_tombstone_the_processor_never_sees() -> None:
+    result = apply_processor(outcome(None), _boom, "orders", 0, 5, b"k", {})
+    assert (result.ok, result.data_type, result.row_count, result.payload) == (True, TOMBSTONE, 0, None)
+
+
+def test_an_empty_value_is_not_a_tombstone() -> None:
+    result = outcome(b"")
+    assert not result.ok and result.data_type == SINGLE_MESSAGE and "empty message" in result.error
+
+
+def test_a_tombstone_type_cannot_be_declared() -> None:
+    result = outcome(b"{}", TOMBSTONE)
+    assert not result.ok and "unknown data-type" in result.error
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"\x00\x00\x00\x00\x07\x06abc", "binary value: byte 0 is NUL"),
+        (b"a,b\n1,\x002\n", "binary value: byte 6 is NUL"),  # Python's csv module would take it
+        (b"\xc3\x28", "not valid UTF-8 (byte 0)"),
+    ],
+)
+def test_binary_values_fail_with_a_hint_to_set_a_deserializer(value: bytes, expected: str) -> None:
+    result = outcome(value)
+    assert not result.ok and expected in result.error and "set DESERIALIZER" in result.error
+
+
+def _hexer(value: bytes, headers: list) -> dict:
+    """A DESERIALIZER: the bytes as hex, with the headers it was given (in order)."""
+    if value.startswith(b"!"):
+        raise ValueError("bad magic byte 0x21")
+    return {"hex": value.hex(), "headers": [[name, raw.decode() if raw else raw] for name, raw in headers]}
+
+
+def _odd(value: bytes, headers: list) -> object:
+    import datetime
+    import decimal
+    import uuid
+
+    if value.endswith(b"nan"):
+        return {"x": float("nan")}
+    return {
+        "bytes": b"\x00\x01",
+        "when": datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC),
+        "price": decimal.Decimal("12.3456789012345678901"),
+        "id": uuid.UUID(int=1),
+    }
+
+
+def deserialized(value: bytes, deserializer, headers=(), data_type=None, limit=LIMIT):
+    declared = {"data-type": data_type} if data_type else {}
+    return decode_record(value, declared, limit, deserializer, headers)
+
+
+def test_the_deserializer_decodes_binary_values_with_the_headers_in_order() -> None:
+    headers = [("trace", b"a"), ("trace", b"b"), ("empty", None)]
+    result = deserialized(b"\x00\x01\xff", _hexer, headers)
+    assert (result.ok, result.data_type, result.row_count) == (True, SINGLE_MESSAGE, 1)
+    assert result.payload == {"hex": "0001ff", "headers": [["trace", "a"], ["trace", "b"], ["empty", None]]}
+    assert json.loads(result.payload_json) == result.payload
+
+
+def test_the_deserializer_gets_text_that_is_neither_json_nor_csv_but_not_json_or_csv() -> None:
+    assert deserialized(b"plain words", _hexer).payload["hex"] == b"plain words".hex()
+    assert deserialized(b'{"a": 1}', _hexer).payload == {"a": 1}
+    assert deserialized(b"a,b\n1,2", _hexer).data_type == CSV_BATCH
+    broken = deserialized(b'{"a": ', _hexer)
+    assert not broken.ok and "invalid JSON" in broken.error
+
+
+def test_a_declared_data_type_is_never_given_to_the_deserializer() -> None:
+    result = deserialized(b"\x00\x01", _hexer, data_type=SINGLE_MESSAGE)
+    assert not result.ok and "binary value" in result.error and "DESERIALIZER" not in result.error
+
+
+def test_deserializer_errors_are_the_records_readable_error() -> None:
+    result = deserialized(b"!\x00", _hexer)
+    assert not result.ok and result.error == "DESERIALIZER failed: ValueError: bad magic byte 0x21"
+    assert result.row_count == 0
+
+
+def test_what_json_lacks_becomes_text_and_nan_is_refused() -> None:
+    result = deserialized(b"\x00", _odd)
+    assert result.ok, result.error
+    assert result.payload == {
+        "bytes": "AAE=",
+        "when": "2024-05-01T12:30:00+00:00",
+        "price": "12.3456789012345678901",
+        "id": "00000000-0000-0000-0000-000000000001",
+    }
+    nan = deserialized(b"\x00nan", _odd)
+    assert not nan.ok and nan.error.startswith("DESERIALIZER returned a value that is not JSON")
+
+
+def test_a_deserialized_value_is_held_to_the_decoded_limits() -> None:
+    def huge(value: bytes, headers: list) -> list:
+        return ["x" * 100] * 1000
+
+    result = decode_record(b"\x00", {}, Limits(max_decoded_chars=10_000), huge)
+    assert not result.ok and "too large once decoded" in result.error
+
+
+def test_plugins_that_cannot_be_loaded_name_their_variable() -> None:
+    assert load_deserializer("tests.test_processing:_hexer").__name__ == "_hexer"
+    with pytest.raises(ConfigError, match=r"^DESERIALIZER='no_such_module:f' cannot be loaded: "):
+        load_deserializer("no_such_module:f")
+    with pytest.raises(ConfigError, match=r"^PROCESSOR='tests.test_processing:LIMIT' is not callable"):
+        load_processor("tests.test_processing:LIMIT")

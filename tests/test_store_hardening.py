@@ -4,6 +4,7 @@ leaves a complete database file."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import sqlite3
@@ -119,7 +120,7 @@ def test_a_schema_1_database_is_migrated_at_open_with_every_payload(tmp_path: Pa
     db.close()
     store = Store(tmp_path)
     try:
-        assert store.get_meta("schema_version") == "2" and store.get_meta("seq_reserved") == "42"
+        assert store.get_meta("schema_version") == "3" and store.get_meta("seq_reserved") == "42"
         counts = store.counts()
         assert (counts.total, counts.processed, counts.failed) == (3, 2, 1)
         listed = store.logs()
@@ -131,7 +132,71 @@ def test_a_schema_1_database_is_migrated_at_open_with_every_payload(tmp_path: Pa
         assert store.save([row(3)]) == [True] and store.count_logs() == 4
     finally:
         store.close()
-    Store(tmp_path).close()  # a second open finds schema 2 and changes nothing
+    Store(tmp_path).close()  # a second open finds schema 3 and changes nothing
+
+
+SCHEMA_2 = """
+CREATE TABLE log_rows (
+    log_id TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL, record_key TEXT, data_type TEXT NOT NULL, row_count INTEGER NOT NULL,
+    status TEXT NOT NULL, consumer_id TEXT, error TEXT, produced_ms INTEGER, received_ms INTEGER NOT NULL,
+    started_ms INTEGER, completed_ms INTEGER, size_bytes INTEGER, payload TEXT, result TEXT,
+    apart INTEGER NOT NULL DEFAULT 0, payload_preview TEXT,
+    UNIQUE (cluster_id, topic, partition, "offset")
+);
+CREATE INDEX logs_by_time ON log_rows (received_ms);
+CREATE TABLE payloads (log_id TEXT PRIMARY KEY, payload TEXT, result TEXT);
+CREATE VIEW logs AS SELECT log_id, topic, received_ms, payload, result, 1 AS has_payload FROM log_rows;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '2');
+"""
+
+
+def test_a_schema_2_database_gains_the_record_metadata_at_open(tmp_path: Path) -> None:
+    """Rows written before keys, headers and kept values read back with none; new rows keep theirs."""
+    db = sqlite3.connect(tmp_path / store_module.DB_NAME)
+    db.executescript(SCHEMA_2)
+    big = '{"blob": "' + "y" * 10_000 + '"}'
+    for offset, payload, apart in ((0, '{"amount": 3}', 0), (1, None, 1)):
+        r = row(offset)
+        db.execute(
+            f"INSERT INTO log_rows VALUES ({','.join('?' * 20)})",
+            (r.log_id, r.cluster_id, r.topic, r.partition, r.offset, "old-key", r.data_type, r.row_count,
+             r.status, r.consumer_id, r.error, r.produced_ms, r.received_ms, r.started_ms, r.completed_ms,
+             r.size_bytes, payload, None, apart, big[:200] if apart else None),
+        )  # fmt: skip
+    db.execute("INSERT INTO payloads VALUES (?, ?, NULL)", (row(1).log_id, big))
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    try:
+        assert store.get_meta("schema_version") == "3"
+        old = store.log(row(0).log_id)
+        assert (old.record_key, old.key_base64, old.headers, old.headers_truncated) == (
+            "old-key",
+            None,
+            [],
+            False,
+        )
+        assert old.payload == {"amount": 3} and old.value_bytes is None
+        assert store.log(row(1).log_id).payload == {"blob": "y" * 10_000}
+        headers = [{"key": "trace", "value": "a"}, {"key": "trace", "valueBase64": "/w=="}]
+        new = dataclasses.replace(
+            row(2, FAILED), key_base64="AP8=", record_key=None, headers=headers, value_bytes=b"\x00\xff",
+            size_bytes=9,
+        )  # fmt: skip
+        assert store.save([new]) == [True]
+        stored = store.log(new.log_id)
+        assert (stored.key_base64, stored.headers, stored.value_bytes) == ("AP8=", headers, b"\x00\xff")
+        assert stored.to_api(with_payload=True)["valueTruncated"] is True
+        listed = {r.log_id: r for r in store.logs()}
+        assert listed[new.log_id].headers == headers and listed[new.log_id].value_bytes is None
+        with store.read() as db:
+            columns = [c[0] for c in db.execute("SELECT * FROM logs LIMIT 0").description]
+            assert {"key_base64", "headers", "headers_truncated", "has_payload"} <= set(columns)
+    finally:
+        store.close()
+    Store(tmp_path).close()
 
 
 # --- a row SQLite refuses never holds back its batch --------------------------------------------
