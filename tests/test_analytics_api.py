@@ -37,7 +37,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 def client(store: Store) -> TestClient:
     """The gateway's REST app on that store (no lifespan: no fan-out, no consumers)."""
     backend = types.SimpleNamespace(settings=Settings(auth_token=TOKEN), store=store)
-    return TestClient(create_gateway_app(backend).app.other_asgi_app, headers=AUTH)
+    return TestClient(create_gateway_app(backend).api, headers=AUTH)
 
 
 def test_the_answers_are_the_local_queries_in_camel_case(client: TestClient, store: Store) -> None:
@@ -128,12 +128,12 @@ def test_odd_but_valid_values_are_answered(client: TestClient) -> None:
 
 def test_every_route_wants_the_token(store: Store) -> None:
     backend = types.SimpleNamespace(settings=Settings(auth_token=TOKEN), store=store)
-    bare = TestClient(create_gateway_app(backend).app.other_asgi_app)
+    bare = TestClient(create_gateway_app(backend).api)
     assert bare.get("/api/analytics/bounds").status_code == 401
     assert bare.get("/api/consumers/logs/x").status_code == 401
 
 
 def test_no_store_is_503(tmp_path: Path) -> None:
     backend = types.SimpleNamespace(settings=Settings(), store=None)
-    answer = TestClient(create_gateway_app(backend).app.other_asgi_app).get("/api/analytics/failed/groups")
+    answer = TestClient(create_gateway_app(backend).api).get("/api/analytics/failed/groups")
     assert answer.status_code == 503 and "error" in answer.json()
