@@ -16,8 +16,13 @@ import streamlit as st
 from dashboard import runtime
 
 if __name__ != "__main__":
-    # Imported by the server: the process-wide app, whose lifespan owns the backend.
-    app = st.App(__file__, lifespan=runtime.lifespan)
+    from starlette.middleware import Middleware
+
+    from dashboard.deep_links import DeepLinks
+
+    # Imported by the server: the process-wide app, whose lifespan owns the backend. DeepLinks
+    # lets a page opened by its own URL (/logs) find the server without probing /logs/_stcore.
+    app = st.App(__file__, lifespan=runtime.lifespan, middleware=[Middleware(DeepLinks)])
 else:
     from dashboard import ui
 
