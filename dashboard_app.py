@@ -18,10 +18,12 @@ from dashboard import runtime
 if __name__ != "__main__":
     from starlette.middleware import Middleware
 
-    from dashboard.deep_links import DeepLinks
+    from dashboard.deep_links import DeepLinks, navigation_only
 
-    # Imported by the server: the process-wide app, whose lifespan owns the backend. DeepLinks
-    # lets a page opened by its own URL (/logs) find the server without probing /logs/_stcore.
+    # Imported by the server: the process-wide app, whose lifespan owns the backend. A page
+    # opened by its own URL (/logs) runs through the navigation below and finds the server
+    # without probing /logs/_stcore (dashboard/deep_links.py).
+    navigation_only()
     app = st.App(__file__, lifespan=runtime.lifespan, middleware=[Middleware(DeepLinks)])
 else:
     from dashboard import ui

@@ -1,4 +1,4 @@
-"""Deep links without 404s: tell Streamlit's page where the app's root is.
+"""Deep links that work like the app's root: no 404s, the entry script on the first run.
 
 Opening a page's own URL (``/logs``) made the browser ask for ``/logs/_stcore/health`` and
 ``/logs/_stcore/host-config`` and get two 404s before it found the server one level up. That is
@@ -44,6 +44,22 @@ def with_base_url(html: bytes) -> bytes:
     if at < 0 or b"window.__streamlit" in html[:at]:
         return html
     return html[:at] + BASE_SCRIPT + html[at:]
+
+
+def navigation_only() -> None:
+    """Make the first run of every session go through ``st.navigation``, deep links included.
+
+    Streamlit treats a ``pages/`` folder beside the entry script as a multipage app of its first
+    kind until some run calls ``st.navigation``, which then clears this process-wide flag
+    (``streamlit/commands/navigation.py``). Until then every run skips the entry script and runs the
+    requested file alone: a server whose first visitor opened ``/logs`` showed ``pages/logs.py``
+    without the sidebar's status, under a navigation of file names ("dashboard app", "consumers"),
+    and kept doing so for every deep link until someone opened ``/``. Called when the server
+    imports the app, before any session, it gives the first run what ``st.navigation`` would.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    PagesManager.uses_pages_directory = False
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
