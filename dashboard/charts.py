@@ -10,7 +10,7 @@ break.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import altair as alt
@@ -53,9 +53,28 @@ def _time_x(domain: Domain) -> alt.X:
     return alt.X("bucket:T", title=None, axis=time_axis(), scale=alt.Scale(domain=[start, end]))
 
 
-def _legend() -> alt.Legend:
-    """Above the chart, labels never cut (a topic read "paymer" for "payments")."""
-    return alt.Legend(orient="top", title=None, labelLimit=0)
+# A legend row wider than this runs off a half-page chart; entries are estimated at 6.5 px a character
+# plus the symbol and padding (Streamlit's 12 px Source Sans).
+LEGEND_PX = 360
+
+
+def legend_columns(names: Iterable[Any]) -> int:
+    """0 (one row) when every entry fits above the chart, else as many columns as fit."""
+    widths = sorted((len(str(name)) * 6.5 + 30 for name in set(names)), reverse=True)
+    if sum(widths) <= LEGEND_PX:
+        return 0
+    used, columns = 0.0, 0
+    for width in widths:
+        if used + width > LEGEND_PX:
+            break
+        used, columns = used + width, columns + 1
+    return max(columns, 1)
+
+
+def _legend(names: Iterable[Any] = ()) -> alt.Legend:
+    """Above the chart, labels not cut (a topic read "paymer" for "payments") unless one alone is
+    wider than a chart; many or long labels wrap into columns rather than run off its right edge."""
+    return alt.Legend(orient="top", title=None, labelLimit=LEGEND_PX, columns=legend_columns(names))
 
 
 def _status_scale(statuses: Sequence[str] = STATUS_ORDER) -> alt.Scale:
@@ -155,7 +174,7 @@ def volume_by_topic(rows: Sequence[dict[str, Any]], bucket_ms: int, domain: Doma
             x=_time_x(domain),
             x2="end:T",
             y=_count_y("sum(messages):Q", "messages", _largest(frame, "bucket", "messages")),
-            color=alt.Color("topic:N", legend=_legend()),
+            color=alt.Color("topic:N", legend=_legend(frame.get("topic", ()))),
             tooltip=[
                 alt.Tooltip("bucket:T", title="from", format=TOOLTIP_TIME),
                 "topic:N",
@@ -278,7 +297,7 @@ def lag(rows: Sequence[dict[str, Any]]) -> alt.Chart:
                 axis=count_axis(),
                 scale=alt.Scale(domainMin=0, domainMax=max(largest, 4), nice=True),
             ),
-            color=alt.Color("consumer:N", legend=_legend()),
+            color=alt.Color("consumer:N", legend=_legend(frame.get("consumer", ()))),
             tooltip=[
                 "partition:N",
                 "consumer:N",

@@ -183,7 +183,7 @@ def test_the_trends_charts_have_24_hour_axes_whole_counts_and_uncut_legends(with
     for spec in specs:
         assert spec["encoding"]["x"]["axis"]["format"] == charts.TIME_FORMAT
         if "legend" in spec["encoding"].get("color", {}):
-            assert spec["encoding"]["color"]["legend"]["labelLimit"] == 0
+            assert spec["encoding"]["color"]["legend"]["labelLimit"] == charts.LEGEND_PX
     counted = [s for s in specs if s["encoding"]["y"].get("title") == "messages"]
     assert len(counted) == 2 and all(s["encoding"]["y"]["axis"]["format"] == ",d" for s in counted)
     assert "~s" not in json.dumps(specs)

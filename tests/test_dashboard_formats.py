@@ -120,7 +120,19 @@ def test_the_time_format_reads_13_52_at_13_52_and_shows_seconds_and_days() -> No
 @pytest.mark.parametrize("name", ["throughput", "volume_by_status", "volume_by_topic", "latency", "lag"])
 def test_legend_labels_are_never_cut(name: str) -> None:
     legend = spec(every_chart()[name])["encoding"]["color"]["legend"]
-    assert legend["labelLimit"] == 0  # Vega's 0: no limit ("paymer" for "payments" before)
+    assert legend["labelLimit"] == charts.LEGEND_PX  # a chart's width ("paymer" for "payments" before)
+
+
+def test_long_legends_wrap_into_columns_instead_of_running_off_the_chart() -> None:
+    assert charts.legend_columns(["inventory-adjustments", "orders", "payments"]) == 0  # one row
+    assert charts.legend_columns(["orders", "orders", "payments"]) == 0
+    long = [f"dash-{name}-c3dc15cfcb9a" for name in ("csv", "fallback", "live", "mixed", "retry", "flow")]
+    assert charts.legend_columns(long) == 1
+    assert charts.legend_columns([f"t{n}" for n in range(40)]) == 7
+    assert charts.legend_columns(["x" * 300]) == 1
+    assert charts.legend_columns([]) == 0
+    chart = spec(every_chart()["volume_by_topic"])  # two topics, one of them 41 characters long
+    assert chart["encoding"]["color"]["legend"]["columns"] == 1
 
 
 @pytest.mark.parametrize(
