@@ -56,6 +56,7 @@ def _time_x(domain: Domain) -> alt.X:
 # A legend row wider than this runs off a half-page chart; entries are estimated at 6.5 px a character
 # plus the symbol and padding (Streamlit's 12 px Source Sans).
 LEGEND_PX = 360
+LEGEND_ROW_PX = 20
 
 
 def legend_columns(names: Iterable[Any]) -> int:
@@ -69,6 +70,15 @@ def legend_columns(names: Iterable[Any]) -> int:
             break
         used, columns = used + width, columns + 1
     return max(columns, 1)
+
+
+def legend_height(names: Iterable[Any]) -> int:
+    """The pixels a wrapped legend adds above its chart: the chart's height includes its legend,
+    so without them seven topics in one column left the bars 30 px."""
+    distinct = set(names)
+    columns = legend_columns(distinct)
+    rows = -(-len(distinct) // columns) if columns else 1
+    return (rows - 1) * LEGEND_ROW_PX
 
 
 def _legend(names: Iterable[Any] = ()) -> alt.Legend:
@@ -181,7 +191,7 @@ def volume_by_topic(rows: Sequence[dict[str, Any]], bucket_ms: int, domain: Doma
                 alt.Tooltip("sum(messages):Q", title="messages", format=COUNT_FORMAT),
             ],
         )
-        .properties(height=HEIGHT)
+        .properties(height=HEIGHT + legend_height(frame.get("topic", ())))
     )
 
 
@@ -306,5 +316,5 @@ def lag(rows: Sequence[dict[str, Any]]) -> alt.Chart:
                 alt.Tooltip("highwater:Q", format="d"),
             ],
         )
-        .properties(height=max(120, 28 * len(frame)))
+        .properties(height=max(120, 28 * len(frame)) + legend_height(frame.get("consumer", ())))
     )

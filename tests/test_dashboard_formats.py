@@ -133,6 +133,10 @@ def test_long_legends_wrap_into_columns_instead_of_running_off_the_chart() -> No
     assert charts.legend_columns([]) == 0
     chart = spec(every_chart()["volume_by_topic"])  # two topics, one of them 41 characters long
     assert chart["encoding"]["color"]["legend"]["columns"] == 1
+    # The chart's height includes its legend: each extra row of legend makes the chart taller.
+    assert chart["height"] == charts.HEIGHT + charts.LEGEND_ROW_PX
+    assert charts.legend_height(long) == 5 * charts.LEGEND_ROW_PX
+    assert charts.legend_height(["orders", "payments"]) == charts.legend_height([]) == 0
 
 
 @pytest.mark.parametrize(
