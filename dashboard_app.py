@@ -12,17 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
 from dashboard import runtime
 
 if __name__ != "__main__":
-    # Imported by the server: the process-wide app, whose lifespan owns the backend.
-    app = st.App(__file__, lifespan=runtime.lifespan)
-    # The pages are declared with st.navigation below. Without this, Streamlit treats pages/ as an
-    # old-style multipage folder until a run calls st.navigation, so the first request after start
-    # for e.g. /logs ran pages/logs.py alone: no sign-in, no sidebar (seen in Chromium).
-    PagesManager.uses_pages_directory = False
+    from starlette.middleware import Middleware
+
+    from dashboard.deep_links import DeepLinks, navigation_only
+
+    # Imported by the server: the process-wide app, whose lifespan owns the backend. A page
+    # opened by its own URL (/logs) runs through the navigation below and finds the server
+    # without probing /logs/_stcore (dashboard/deep_links.py).
+    navigation_only()  # pages/ is not an old-style multipage folder: no page runs without sign-in
+    app = st.App(__file__, lifespan=runtime.lifespan, middleware=[Middleware(DeepLinks)])
 else:
     from dashboard import auth, ui
 

@@ -74,12 +74,20 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:g} d"
 
 
+# Table columns (st.column_config's printf) written like count() and percent(), whatever the
+# browser's locale: a metric reading "200,101" beside a cell reading "200000" looked like two numbers.
+COUNT_FORMAT = "%,d"
+PERCENT_FORMAT = "%.1f%%"  # of a share scaled to 0-100
+
+
 def count(value: int | float | None) -> str:
+    """1,234,567: every count has thousands separators."""
     return "—" if value is None else f"{value:,}"
 
 
 def percent(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.1f} %"
+    """A share (0-1) with one decimal everywhere: 30.3%, 25.0%, 29.2% (the charts' ".1%")."""
+    return "—" if value is None else f"{value * 100:.1f}%"
 
 
 def status_style(value: Any) -> str:

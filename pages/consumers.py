@@ -63,8 +63,9 @@ def consumer_table(consumers: list) -> pd.DataFrame:
 def consumers_view() -> None:
     feed = ui.feed()
     feed.sync(src)  # consumer-status-changed events keep attached views current
-    actions = st.columns([1, 1, 4], vertical_alignment="center")
-    if actions[0].button("Start a consumer", type="primary", icon=":material/add:", key="consumer_start"):
+    # The button takes the width of its label: in a sixth of the page it read "Start a consu…".
+    actions = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    if actions.button("Start a consumer", type="primary", icon=":material/add:", key="consumer_start"):
         with st.spinner("Starting…"):
             new_id = src.start_consumer()
         st.session_state["consumer_notice"] = (
@@ -72,7 +73,7 @@ def consumers_view() -> None:
         )
     notice = st.session_state.get("consumer_notice")
     if notice:
-        actions[2].caption(notice)
+        actions.caption(notice)
 
     consumers = src.consumers()
     active = [c for c in consumers if c.status == ACTIVE]
@@ -81,7 +82,7 @@ def consumers_view() -> None:
     summary[1].metric("Assigned partitions", sum(len(c.partitions) for c in active))
     lags = [c.total_lag for c in active if c.total_lag is not None]
     summary[2].metric("Total lag", fmt.count(sum(lags)) if lags else "—", help="Messages not yet consumed")
-    summary[3].metric("Stopped", len(consumers) - len(active))
+    summary[3].metric("Stopped", fmt.count(len(consumers) - len(active)))
 
     if not consumers:
         st.info("No consumers. Start one above.", icon=":material/group_off:")
@@ -99,9 +100,11 @@ def consumers_view() -> None:
             "status": "Status",
             "partitions": st.column_config.NumberColumn("Partitions", width="small"),
             "assigned": st.column_config.ListColumn("Assigned", width="large"),
-            "lag": st.column_config.NumberColumn("Lag", help="Highwater minus position, summed", format="%d"),
-            "processed": st.column_config.NumberColumn("Processed", format="localized"),
-            "failed": st.column_config.NumberColumn("Failed", format="localized"),
+            "lag": st.column_config.NumberColumn(
+                "Lag", help="Highwater minus position, summed", format=fmt.COUNT_FORMAT
+            ),
+            "processed": st.column_config.NumberColumn("Processed", format=fmt.COUNT_FORMAT),
+            "failed": st.column_config.NumberColumn("Failed", format=fmt.COUNT_FORMAT),
             "started": st.column_config.DatetimeColumn("Started", format="HH:mm:ss"),
             "last_error": st.column_config.TextColumn("Last error", width="medium"),
         },
@@ -157,7 +160,7 @@ def consumers_view() -> None:
             "partition": st.column_config.TextColumn("Partition", width="large"),
             "position": st.column_config.NumberColumn("Position", help="Next offset it will read"),
             "highwater": st.column_config.NumberColumn("Highwater", help="Offset after the newest record"),
-            "lag": st.column_config.NumberColumn("Lag"),
+            "lag": st.column_config.NumberColumn("Lag", format=fmt.COUNT_FORMAT),
         },
     )
 

@@ -26,12 +26,14 @@ failed_total = sum(g.count for g in groups)
 numbers = st.columns(4)
 numbers[0].metric("Failed records", fmt.count(failed_total))
 numbers[1].metric(
-    "Kinds of error", len(groups), help="Errors that differ only in positions or values are one kind"
+    "Kinds of error",
+    fmt.count(len(groups)),
+    help="Errors that differ only in positions or values are one kind",
 )
 numbers[2].metric(
     "Can be retried", fmt.count(sum(g.retriable for g in groups)), help="Their decoded payload is stored"
 )
-numbers[3].metric("Resent this session", len(st.session_state.get("retried", ())))
+numbers[3].metric("Resent this session", fmt.count(len(st.session_state.get("retried", ()))))
 
 if not groups:
     st.success(
@@ -74,12 +76,12 @@ picked = st.dataframe(
     # Selections are row numbers: a new key when the groups change clears a stale selection.
     key="failed_groups_" + hashlib.sha1("\n".join(g.pattern for g in groups).encode()).hexdigest()[:16],
     column_config={
-        "count": st.column_config.NumberColumn("Records", width="small"),
-        "retriable": st.column_config.NumberColumn("Retriable", width="small"),
+        "count": st.column_config.NumberColumn("Records", format=fmt.COUNT_FORMAT, width="small"),
+        "retriable": st.column_config.NumberColumn("Retriable", format=fmt.COUNT_FORMAT, width="small"),
         "error": st.column_config.TextColumn(
             "Error (numbers and quoted values shown as # and '…')", width="large"
         ),
-        "topics": "Topics",
+        "topics": st.column_config.TextColumn("Topics", width="medium"),
         "first": st.column_config.DatetimeColumn("First", format="MMM D, HH:mm:ss"),
         "last": st.column_config.DatetimeColumn("Last", format="MMM D, HH:mm:ss"),
     },
@@ -117,7 +119,7 @@ chosen = st.dataframe(
     },
 )
 if group.count > len(records):
-    st.caption(f"The newest {len(records)} of {group.count:,}.")
+    st.caption(f"The newest {fmt.count(len(records))} of {fmt.count(group.count)}.")
 
 selected = [records[i] for i in (chosen.selection.rows if chosen is not None else [])]
 retriable_selected = [r for r in selected if r["retriable"]]

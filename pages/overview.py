@@ -42,7 +42,7 @@ def topics_table(rows: list[dict]) -> None:
         st.caption("No topics yet: nothing has been consumed.")
         return
     frame = pd.DataFrame.from_records(rows)
-    frame["failed_share"] = frame["failed"] / frame["total"].where(frame["total"] > 0)
+    frame["failed_share"] = 100 * frame["failed"] / frame["total"].where(frame["total"] > 0)
     frame["last"] = frame["last_ms"].map(fmt.local_time)
     st.dataframe(
         frame[["topic", "total", "failed", "failed_share", "last"]],
@@ -51,10 +51,10 @@ def topics_table(rows: list[dict]) -> None:
         height=min(38 + 35 * len(frame), 300),
         column_config={
             "topic": st.column_config.TextColumn("Topic"),
-            "total": st.column_config.NumberColumn("Messages", format="localized", width="small"),
-            "failed": st.column_config.NumberColumn("Failed", format="localized", width="small"),
+            "total": st.column_config.NumberColumn("Messages", format=fmt.COUNT_FORMAT, width="small"),
+            "failed": st.column_config.NumberColumn("Failed", format=fmt.COUNT_FORMAT, width="small"),
             "failed_share": st.column_config.ProgressColumn(
-                "Failed %", format="percent", min_value=0.0, max_value=1.0, color="red", width="small"
+                "Failed %", format=fmt.PERCENT_FORMAT, min_value=0, max_value=100, color="red", width="small"
             ),
             "last": st.column_config.DatetimeColumn("Last", format="HH:mm:ss", width="small"),
         },

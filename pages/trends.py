@@ -89,7 +89,7 @@ with row1[0]:
     download(volume, "volume", "dl_volume_status")
 with row1[1]:
     section("Volume by topic", "Records received per bucket and topic.")
-    st.altair_chart(charts.volume_by_topic(volume, domain), width="stretch")
+    st.altair_chart(charts.volume_by_topic(volume, bucket, domain), width="stretch")
     download(volume, "volume-by-topic", "dl_volume_topic")
 
 row2 = st.columns(2, gap="large")
@@ -98,7 +98,7 @@ with row2[0]:
     failed = sum(row["failed"] or 0 for row in rate)
     overall = fmt.percent(failed / total if total else None)
     section("Failure rate", f"Share of records that failed per bucket · {overall} overall.")
-    st.altair_chart(charts.failure_rate(rate, domain), width="stretch")
+    st.altair_chart(charts.failure_rate(rate, bucket, domain), width="stretch")
     download(rate, "failure-rate", "dl_failure_rate")
 with row2[1]:
     kinds = {"processing": "Received → completed", "end_to_end": "Produced → completed"}
@@ -114,7 +114,7 @@ with row2[1]:
     )
     latency = src.latency(bucket, kind=kind or "processing", **scope)
     if latency:
-        st.altair_chart(charts.latency(latency, domain), width="stretch")
+        st.altair_chart(charts.latency(latency, bucket, domain), width="stretch")
     else:
         st.caption("No timings in this range.")
     download(latency, f"latency-{kind}", "dl_latency")
@@ -131,8 +131,8 @@ with row3[0]:
             hide_index=True,
             width="stretch",
             column_config={
-                "count": st.column_config.NumberColumn("Count", width="small"),
-                "error": st.column_config.TextColumn("Error", width="large"),
+                "count": st.column_config.NumberColumn("Count", format=fmt.COUNT_FORMAT, width="small"),
+                "error": st.column_config.TextColumn("Error", width="medium"),
                 "topics": "Topics",
                 "last": st.column_config.DatetimeColumn("Last seen", format="MMM D, HH:mm:ss"),
             },

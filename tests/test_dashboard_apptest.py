@@ -11,6 +11,7 @@ st.App lifespan does in ``streamlit run``.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from backend.config import Settings
 from backend.events import FAILED, SINGLE_MESSAGE
 from backend.service import Backend
 from backend.store import Store
-from dashboard import runtime
+from dashboard import charts, fmt, runtime
 from dashboard.source import LocalSource, RemoteSource
 from tests.support import ServedBackend, free_port, stored_rows, wait_for
 
@@ -163,6 +164,49 @@ def test_sending_one_json_message_validates_first(with_data: Backend) -> None:
     assert not send.disabled
     send.click().run()
     assert any("apptest-single" in s.value for s in app.success), [s.value for s in app.success]
+
+
+# --- how the pages write times, counts and shares (the specs behind them: test_dashboard_formats) -
+
+
+def column_configs(table: Any) -> dict[str, dict[str, Any]]:
+    """A st.dataframe's column_config as the browser receives it."""
+    return json.loads(table.proto.columns)
+
+
+def test_the_trends_charts_have_24_hour_axes_whole_counts_and_uncut_legends(with_data: Backend) -> None:
+    app = render("pages/trends.py")
+    app.segmented_control(key="trends_range").set_value("All").run()
+    assert not problems(app)
+    specs = [json.loads(chart.proto.spec) for chart in app.get("vega_lite_chart")]
+    assert len(specs) == 5, "volume by status and by topic, failure rate, latency, payload field"
+    for spec in specs:
+        assert spec["encoding"]["x"]["axis"]["format"] == charts.TIME_FORMAT
+        if "legend" in spec["encoding"].get("color", {}):
+            assert spec["encoding"]["color"]["legend"]["labelLimit"] == charts.LEGEND_PX
+    counted = [s for s in specs if s["encoding"]["y"].get("title") == "messages"]
+    assert len(counted) == 2 and all(s["encoding"]["y"]["axis"]["format"] == ",d" for s in counted)
+    assert "~s" not in json.dumps(specs)
+    failure = next(c.value for c in app.caption if "overall" in c.value)
+    assert re.search(r" 1\d\.\d% overall", failure), failure  # 20 of about 120, one decimal
+
+
+def test_counts_and_shares_in_tables_have_one_format(with_data: Backend) -> None:
+    failed = render("pages/failed.py")
+    groups = column_configs(failed.dataframe[0])
+    assert groups["count"]["type_config"]["format"] == fmt.COUNT_FORMAT
+    assert groups["retriable"]["type_config"]["format"] == fmt.COUNT_FORMAT
+    overview = render(PAGES[0])
+    [topics] = [t for t in overview.dataframe if "failed_share" in t.value]
+    share = column_configs(topics)["failed_share"]["type_config"]
+    assert (share["format"], share["max_value"]) == (fmt.PERCENT_FORMAT, 100)
+    shares = topics.value.set_index("topic")["failed_share"]
+    assert 0 < shares["orders"] <= 100 and shares.max() <= 100
+    assert fmt.PERCENT_FORMAT % shares["payments"] == f"{shares['payments']:.1f}%"
+    consumers = column_configs(render("pages/consumers.py").dataframe[0])
+    assert {consumers[c]["type_config"]["format"] for c in ("lag", "processed", "failed")} == {
+        fmt.COUNT_FORMAT
+    }
 
 
 # --- attached to a backend elsewhere (BACKEND_URL) ----------------------------------------------

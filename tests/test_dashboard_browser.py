@@ -298,6 +298,33 @@ def test_the_backend_starts_with_the_process_before_any_browser(dashboard: Dashb
     assert "Backend ready: gateway" in dashboard.log()
 
 
+def test_a_deep_link_opened_first_is_the_app_s_page(page: Any, dashboard: Dashboard) -> None:
+    """The first browser of the module opens /logs, not /. Streamlit's frontend probed the page's own
+    path first (/logs/_stcore/health and /logs/_stcore/host-config, two 404s per deep link,
+    streamlit/streamlit#7074), and a server whose first visitor came by a deep link ran pages/logs.py
+    alone, under a navigation of file names, until someone opened / (dashboard/deep_links.py)."""
+    answers: list[tuple[int, str]] = []
+    page.on("response", lambda response: answers.append((response.status, response.url)))
+    links = page.get_by_test_id("stSidebarNavLink")
+    for path, title in (("logs", "Logs explorer"), ("trends", "Trends"), ("consumers", "Consumers")):
+        answers.clear()
+        page.goto(f"{dashboard.url}/{path}")
+        playwright_api.expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(
+            timeout=30_000
+        )
+        playwright_api.expect(links.filter(has_text="Failed messages")).to_be_visible()
+        playwright_api.expect(page.get_by_test_id("stSidebar")).to_contain_text("System")
+        core = [(status, url) for status, url in answers if "/_stcore/" in url]
+        assert (200, f"{dashboard.url}/_stcore/health") in core, core
+        assert not [url for status, url in core if status == 404], core
+        assert not [url for _, url in answers if url.startswith(f"{dashboard.url}/{path}/")], answers
+    assert links.count() == 6, links.all_text_contents()  # the app's pages, not the folder's files
+    # Streamlit still knows where the root is: a page chosen in the sidebar gets its own path.
+    links.filter(has_text="Failed messages").click()
+    playwright_api.expect(page).to_have_url(f"{dashboard.url}/failed")
+    playwright_api.expect(page.get_by_role("heading", name="Failed messages", exact=True)).to_be_visible()
+
+
 def test_counters_and_tail_follow_new_messages_without_a_reload(
     page: Any, dashboard: Dashboard, producer: KafkaProducer
 ) -> None:
@@ -528,6 +555,29 @@ def test_retrying_a_failed_record_sends_it_again(
     assert resent["dataType"] == "SINGLE_MESSAGE"
     assert sorted(log["status"] for log in dashboard.logs(topic)) == ["FAILED", "PROCESSED"]
     playwright_api.expect(page.get_by_text("Resent in this session")).to_be_visible()
+
+
+@pytest.mark.parametrize("width", [1280, 1024])
+def test_the_consumers_start_button_shows_its_whole_label(
+    browser: Any, dashboard: Dashboard, width: int
+) -> None:
+    """In a sixth of the page the button read "Start a consu…" below 1440 px."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{dashboard.url}/consumers")
+        button = page.get_by_role("button", name="Start a consumer")
+        label = button.get_by_text("Start a consumer", exact=True)
+        label.wait_for(timeout=30_000)
+        assert label.text_content() == "Start a consumer"
+        overflowing = button.evaluate(
+            """b => [b, ...b.querySelectorAll('*')]
+                .filter(e => e.scrollWidth > e.clientWidth)
+                .map(e => `${e.tagName} ${e.scrollWidth} > ${e.clientWidth}`)"""
+        )
+        assert not overflowing, f"the label is cut at {width} px: {overflowing}"
+    finally:
+        context.close()
 
 
 def test_screenshots_of_every_page(browser: Any, dashboard: Dashboard, producer: KafkaProducer) -> None:
