@@ -7,6 +7,8 @@ reads them against a served backend: tests/test_remote_source.py.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 import types
 from collections.abc import Iterator
@@ -33,11 +35,19 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     opened.close()
 
 
+def rest_app(backend: object) -> object:
+    """The gateway's REST app, under its Socket.IO app (and the guard in front of that)."""
+    app = create_gateway_app(backend).app
+    while not hasattr(app, "other_asgi_app"):
+        app = app.app
+    return app.other_asgi_app
+
+
 @pytest.fixture(scope="module")
 def client(store: Store) -> TestClient:
     """The gateway's REST app on that store (no lifespan: no fan-out, no consumers)."""
     backend = types.SimpleNamespace(settings=Settings(auth_token=TOKEN), store=store)
-    return TestClient(create_gateway_app(backend).app.other_asgi_app, headers=AUTH)
+    return TestClient(rest_app(backend), headers=AUTH)
 
 
 def test_the_answers_are_the_local_queries_in_camel_case(client: TestClient, store: Store) -> None:
@@ -102,6 +112,16 @@ HOSTILE = [
     ("/api/analytics/logs", {"topic": "x" * 250}),
     ("/api/analytics/logs", {"text": "x" * 501}),
     ("/api/analytics/logs/count", {"topic": ".."}),
+    ("/api/analytics/logs", {"headerValue": "x"}),  # a value needs a header name
+    ("/api/analytics/logs/count", {"keyMatch": "suffix"}),
+    ("/api/analytics/logs/count", {"key": "k" * 1001}),
+    ("/api/analytics/logs/export", {"headerValue": "blue"}),
+    ("/api/analytics/logs/export", {"header": "", "headerValue": "blue"}),
+    ("/api/analytics/logs/export", {"status": "DONE"}),
+    ("/api/analytics/logs/export", {"sinceMs": "-1"}),
+    ("/api/analytics/logs/export", {"topic": "a b"}),
+    ("/api/analytics/logs/export", {"text": "x" * 501}),
+    ("/api/analytics/logs/export", {"keyMatch": "'; DROP TABLE logs; --"}),
     ("/api/consumers/logs/" + "x" * 201, {}),
     ("/api/consumers/logs/not-a-log-id", {}),
 ]
@@ -121,6 +141,8 @@ def test_odd_but_valid_values_are_answered(client: TestClient) -> None:
         ("/api/analytics/field-series", {"bucketMs": "1", "field": "'); DROP TABLE logs; --"}),
         ("/api/analytics/volume", {"bucketMs": "1000", "sinceMs": "5", "untilMs": "1"}),
         ("/api/analytics/failed/records", {"pattern": ""}),
+        ("/api/analytics/logs", {"key": "k%", "keyMatch": "prefix", "header": "'; --", "headerValue": ""}),
+        ("/api/analytics/logs/export", {"key": "\u0000", "header": "h", "text": "%_"}),
     ]:
         answer = client.get(path, params=query)
         assert answer.status_code == 200, (path, answer.text)
@@ -128,12 +150,27 @@ def test_odd_but_valid_values_are_answered(client: TestClient) -> None:
 
 def test_every_route_wants_the_token(store: Store) -> None:
     backend = types.SimpleNamespace(settings=Settings(auth_token=TOKEN), store=store)
-    bare = TestClient(create_gateway_app(backend).app.other_asgi_app)
+    bare = TestClient(rest_app(backend))
     assert bare.get("/api/analytics/bounds").status_code == 401
     assert bare.get("/api/consumers/logs/x").status_code == 401
+    assert bare.get("/api/analytics/logs/export").status_code == 401
+
+
+def test_the_export_streams_every_matching_record_as_csv(client: TestClient, store: Store) -> None:
+    answer = client.get("/api/analytics/logs/export", params={"status": "FAILED"})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/csv")
+    assert "attachment" in answer.headers["content-disposition"]
+    records = list(csv.DictReader(io.StringIO(answer.text)))
+    assert len(records) == store.count_logs(status="FAILED") == 20
+    assert {r["status"] for r in records} == {"FAILED"}
+    # The error text starts with letters; a formula-looking cell would be quoted: none is raw here.
+    assert not [v for r in records for v in r.values() if v[:1] in ("=", "+", "@")]
+    keyed = client.get("/api/analytics/logs/export", params={"key": "k1", "keyMatch": "prefix"}).text
+    assert sorted(r["key"] for r in csv.DictReader(io.StringIO(keyed))) == ["k10", "k100", "k105", "k110", "k115", "k15"]
 
 
 def test_no_store_is_503(tmp_path: Path) -> None:
     backend = types.SimpleNamespace(settings=Settings(), store=None)
-    answer = TestClient(create_gateway_app(backend).app.other_asgi_app).get("/api/analytics/failed/groups")
+    answer = TestClient(rest_app(backend)).get("/api/analytics/failed/groups")
     assert answer.status_code == 503 and "error" in answer.json()
