@@ -82,7 +82,8 @@ HeaderValue = Annotated[
     Query(
         alias="headerValue",
         max_length=1000,
-        description="...whose value is exactly this (needs header); base64:<base64> for a binary value",
+        description="Only records with a header of exactly this value (the header named by header, "
+        "else any header); base64:<base64> for a binary value",
     ),
 ]
 
@@ -376,12 +377,9 @@ def _one(topic: str | None) -> str | None:
 def _match(
     key: str | None, key_match: str, header: str | None, header_value: str | None
 ) -> RecordMatch | None:
-    """The key and header filters (400 for a header value without a header name)."""
-    if header_value is not None and not header:
-        raise HTTPException(400, "headerValue needs header (the header's name)")
-    if key is None and not header:
-        return None
-    return RecordMatch(key, key_match == "prefix", header or None, header_value)
+    """The key and header filters, when any is given."""
+    match = RecordMatch(key, key_match == "prefix", header or None, header_value)
+    return None if match.empty else match
 
 
 def error_group_body(group: analytics.ErrorGroup) -> dict[str, Any]:

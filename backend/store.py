@@ -119,17 +119,13 @@ class RecordMatch:
     """Filters on a record's own metadata: its key (exact or a prefix) and a header (name, value).
 
     A key or value written ``base64:<base64>`` matches a binary one (``keyBase64``, ``valueBase64``).
-    A header value needs a header name (a value alone says nothing about which header).
+    A header value without a name matches that value in any header (a trace id, wherever it is).
     """
 
     key: str | None = None
     key_prefix: bool = False
     header: str | None = None
     header_value: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.header_value is not None and not self.header:
-            raise ValueError("a header value filter needs a header name")
 
     def where(self, clauses: list[str], params: list[Any]) -> None:
         """Add this match's SQL conditions on ``log_rows AS l`` (and their parameters)."""
@@ -143,21 +139,23 @@ class RecordMatch:
             else:
                 clauses.append(f"{column} = ?")
                 params.append(key)
+        conditions = []
         if self.header:
-            condition = "h.value ->> '$.key' = ?"
+            conditions.append("h.value ->> '$.key' = ?")
             params.append(self.header)
-            if self.header_value is not None:
-                field, value = "$.value", self.header_value
-                if value.startswith(BASE64_PREFIX):
-                    field, value = "$.valueBase64", value[len(BASE64_PREFIX) :]
-                condition += f" AND h.value ->> '{field}' = ?"
-                params.append(value)
-            headers = f"SELECT 1 FROM json_each(l.headers) AS h WHERE {condition}"
+        if self.header_value is not None:
+            field, value = "$.value", self.header_value
+            if value.startswith(BASE64_PREFIX):
+                field, value = "$.valueBase64", value[len(BASE64_PREFIX) :]
+            conditions.append(f"h.value ->> '{field}' = ?")
+            params.append(value)
+        if conditions:
+            headers = f"SELECT 1 FROM json_each(l.headers) AS h WHERE {' AND '.join(conditions)}"
             clauses.append(f"(headers IS NOT NULL AND EXISTS ({headers}))")
 
     @property
     def empty(self) -> bool:
-        return self.key is None and not self.header
+        return self.key is None and not self.header and self.header_value is None
 
 
 _SCHEMA_1_TO_2 = [

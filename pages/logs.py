@@ -24,10 +24,10 @@ DETAIL_ROWS = 1000
 PROGRESS_EVERY = 1000
 
 
-def _input(label: str, key: str, placeholder: str, width: int, disabled: bool = False) -> str | None:
+def _input(label: str, key: str, placeholder: str, width: int, help: str | None = None) -> str | None:
     """A filter's text, or None when left empty."""
-    value = st.text_input(label, key=key, placeholder=placeholder, width=width, disabled=disabled)
-    return None if disabled else (value.strip() or None)
+    value = st.text_input(label, key=key, placeholder=placeholder, width=width, help=help)
+    return value.strip() or None
 
 
 def build_export(filters: dict[str, Any], total: int) -> tuple[Path, int]:
@@ -100,18 +100,18 @@ with st.container(horizontal=True, vertical_alignment="bottom", gap="medium"):
     )
     header = _input("Header", "logs_header", "A header name, e.g. trace-id", 220)
     header_value = _input(
-        "Header value", "logs_header_value", "Its exact value (name a header first)", 220,
-        disabled=not header,
+        "Header value", "logs_header_value", "Its exact value", 220,
+        help="Of the header named at its left, or of any header when no name is given",
     )  # fmt: skip
 
-match = RecordMatch(key, key_match == "Prefix", header, header_value) if key or header else None
+match = RecordMatch(key, key_match == "Prefix", header, header_value)
 filters = {
     "status": None if status in (None, "All") else status,
     "topic": None if topic == "All topics" else topic,
     "since_ms": window.since_ms,
     "until_ms": window.until_ms,
     "text": text or None,
-    "match": match,
+    "match": None if match.empty else match,
 }
 total = src.count_logs(**filters)
 pages = max(1, -(-total // size))
