@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from backend.events import CSV_BATCH, FAILED, PROCESSED
+from backend.events import CSV_BATCH, FAILED, PROCESSED, TOMBSTONE
 from backend.store import RecordMatch
 from dashboard import fmt, ui
 
@@ -51,18 +51,27 @@ def build_export(filters: dict[str, Any], total: int) -> tuple[Path, int]:
 def kept_bytes(data: bytes, size: int | None, truncated: bool) -> None:
     """The kept bytes of a value that could not be decoded, as a hex dump or as text (inert)."""
     view = st.segmented_control(
-        "Value bytes", ["Hex", "Text"], default="Hex", key="logs_bytes_view", required=True,
+        "View", ["Hex", "Text"], default="Hex", key="logs_bytes_view", required=True,
         help="The first bytes of the value, kept because it could not be decoded",
     )  # fmt: skip
     shown = data[: fmt.HEX_SHOWN_BYTES]
-    if view == "Text":
-        st.code(shown.decode("utf-8", errors="replace"), language=None, wrap_lines=True)
-    else:
-        st.code(fmt.hex_dump(shown), language=None)
+    with st.container(height=420, border=False):  # 4 KiB are 256 lines: scroll, not a page of them
+        if view == "Text":
+            st.code(shown.decode("utf-8", errors="replace"), language=None, wrap_lines=True)
+        else:
+            st.code(fmt.hex_dump(shown), language=None)
     notes = [f"{len(shown):,} of {len(data):,} kept bytes shown"]
     if truncated:
         notes.append(f"the value had {fmt.count(size)} bytes; the first {len(data):,} were kept")
     st.caption(" · ".join(notes) + ".")
+
+
+def file_size(n: int) -> str:
+    """Bytes as people read them: 820 bytes, 12.4 kB, 3.1 MB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
 
 
 def drop_export() -> None:
@@ -162,7 +171,7 @@ selection = st.dataframe(
         "topic": "Topic",
         "partition": st.column_config.NumberColumn("Part.", width="small"),
         "offset": st.column_config.TextColumn("Offset", width="small"),
-        "key": st.column_config.TextColumn("Key", width="small", help="base64: a key that is not UTF-8"),
+        "key": st.column_config.TextColumn("Key", width="medium", help="base64: a key that is not UTF-8"),
         "status": "Status",
         "rows": st.column_config.NumberColumn("Rows", width="small"),
         "consumer": "Consumer",
@@ -181,13 +190,14 @@ if prepared and (prepared["for"] != export_for or not Path(prepared["path"]).exi
     drop_export()
     prepared = None
 with st.container(horizontal=True, vertical_alignment="center", gap="small"):
-    if prepared is None and st.button(
+    if st.button(
         f"Export {fmt.plural(total, 'matching record')} as CSV",
         icon=":material/file_export:",
         key="logs_export_build",
         help="Every record the filters match (not only this page): keys, headers as JSON text, "
         "kafkaTimestamp, full payloads; times in UTC",
     ):
+        drop_export()
         path, written = build_export(filters, total)
         prepared = {"for": export_for, "path": str(path), "rows": written}
         st.session_state["logs_export"] = prepared
@@ -195,7 +205,7 @@ with st.container(horizontal=True, vertical_alignment="center", gap="small"):
         export_path = prepared["path"]
         st.download_button(
             f"Download the CSV ({fmt.plural(prepared['rows'], 'record')}, "
-            f"{os.path.getsize(export_path) / 1e6:,.1f} MB)",
+            f"{file_size(os.path.getsize(export_path))})",
             data=lambda: Path(export_path).read_bytes(),
             file_name="kafka-logs.csv",
             mime="text/csv",
@@ -256,7 +266,9 @@ with body:
     st.markdown(f"**Payload** · {record.data_type} · {fmt.plural(record.row_count, 'row')}")
     payload = record.payload
     if payload is None and record.value_bytes is not None:
-        kept_bytes(record.value_bytes, record.size_bytes, record.value_truncated)
+        st.caption("The value could not be decoded: its kept bytes are shown below.")
+    elif payload is None and record.data_type == TOMBSTONE:
+        st.caption("A tombstone: the record's value is null (a delete on a compacted topic).")
     elif payload is None:
         st.caption("No payload stored: the record could not be decoded (see the error).")
     elif record.data_type == CSV_BATCH and isinstance(payload, list):
@@ -274,3 +286,6 @@ with body:
             st.code(record.result, language=None, wrap_lines=True)
         else:
             st.json(record.result, expanded=1)
+if record.value_bytes is not None:  # full width: a hex dump line is 75 characters
+    st.markdown("**Value bytes**")
+    kept_bytes(record.value_bytes, record.size_bytes, record.value_truncated)
