@@ -191,19 +191,6 @@ def hex_dump(data: bytes, limit: int = HEX_SHOWN_BYTES) -> str:
     return "\n".join(lines)
 
 
-def export_frame(rows: Iterable[LogRow]) -> pd.DataFrame:
-    """The CSV export: contract field names, full payloads as JSON text, UTC ISO times."""
-    return pd.DataFrame.from_records(
-        [
-            {
-                **row.to_api(),
-                "payload": None if row.payload is None else json.dumps(row.payload, ensure_ascii=False),
-            }
-            for row in rows
-        ]
-    )
-
-
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
