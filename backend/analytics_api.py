@@ -19,11 +19,12 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi.responses import StreamingResponse
 
-from backend import analytics, wire
+from backend import analytics, export, wire
 from backend.config import TOPIC_NAME_PATTERN, is_valid_topic
 from backend.events import STATUSES
-from backend.store import Store
+from backend.store import RecordMatch, Store
 
 #: Year 9999 in epoch milliseconds: the largest time a query takes.
 MAX_MS = 253_402_300_799_999
@@ -60,7 +61,30 @@ LOG_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 Topic = Annotated[str | None, Query(max_length=249, json_schema_extra={"pattern": TOPIC_NAME_PATTERN})]
 Status = Annotated[Literal["RECEIVED", "PROCESSING", "PROCESSED", "FAILED"] | None, Query()]
 Text = Annotated[
-    str | None, Query(max_length=500, description="Text in the payload or the error (case-insensitive)")
+    str | None,
+    Query(
+        max_length=500,
+        description="Text in the payload, the error, the key or a header value (case-insensitive)",
+    ),
+]
+Key = Annotated[
+    str | None,
+    Query(
+        max_length=1000,
+        description="The record's key (exactly, or its start with keyMatch=prefix); "
+        "base64:<base64> for a key that is not UTF-8",
+    ),
+]
+KeyMatch = Annotated[Literal["exact", "prefix"], Query(alias="keyMatch", description="How key is matched")]
+Header = Annotated[str | None, Query(max_length=1000, description="Only records with a header of this name")]
+HeaderValue = Annotated[
+    str | None,
+    Query(
+        alias="headerValue",
+        max_length=1000,
+        description="Only records with a header of exactly this value (the header named by header, "
+        "else any header); base64:<base64> for a binary value",
+    ),
 ]
 
 _BAD_REQUEST = {
@@ -255,8 +279,15 @@ def analytics_router(store: Callable[[], Store | None]) -> APIRouter:
         since_ms: SinceMs = None,
         until_ms: UntilMs = None,
         text: Text = None,
+        key: Key = None,
+        key_match: KeyMatch = "exact",
+        header: Header = None,
+        header_value: HeaderValue = None,
     ) -> list[wire.LogDetailBody]:
-        found = opened().logs(limit, status, _one(topic), since_ms, until_ms, text or None, offset)
+        match = _match(key, key_match, header, header_value)
+        found = opened().logs(
+            limit, status, _one(topic), since_ms, until_ms, text or None, offset, match=match
+        )
         return [row.to_api(with_payload=True) for row in found]  # type: ignore[misc]
 
     @router.get(
@@ -271,9 +302,46 @@ def analytics_router(store: Callable[[], Store | None]) -> APIRouter:
         since_ms: SinceMs = None,
         until_ms: UntilMs = None,
         text: Text = None,
+        key: Key = None,
+        key_match: KeyMatch = "exact",
+        header: Header = None,
+        header_value: HeaderValue = None,
     ) -> wire.LogCountBody:
-        count = opened().count_logs(status, _one(topic), since_ms, until_ms, text or None)
+        match = _match(key, key_match, header, header_value)
+        count = opened().count_logs(status, _one(topic), since_ms, until_ms, text or None, match)
         return wire.LogCountBody(count=count)
+
+    @router.get(
+        "/analytics/logs/export",
+        tags=ANALYTICS,
+        response_class=StreamingResponse,
+        responses={
+            **BAD_REQUEST,
+            200: {
+                "description": "Every matching record, newest first, as CSV (written as it is read)",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            },
+        },
+        summary="Every stored record matching the filters, as CSV, streamed",
+    )
+    def export_logs(
+        status: Status = None,
+        topic: Topic = None,
+        since_ms: SinceMs = None,
+        until_ms: UntilMs = None,
+        text: Text = None,
+        key: Key = None,
+        key_match: KeyMatch = "exact",
+        header: Header = None,
+        header_value: HeaderValue = None,
+    ) -> StreamingResponse:
+        match = _match(key, key_match, header, header_value)
+        rows = opened().iter_logs(status, _one(topic), since_ms, until_ms, text or None, match)
+        return StreamingResponse(
+            export.csv_chunks(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="kafka-logs.csv"'},
+        )
 
     @router.get("/analytics/topic-names", tags=ANALYTICS, summary="Every topic that has stored records")
     def topic_names() -> list[str]:
@@ -304,6 +372,14 @@ def _one(topic: str | None) -> str | None:
     if topic is not None and not is_valid_topic(topic):
         raise HTTPException(400, f"topic {topic[:60]!r} is not a valid topic name")
     return topic
+
+
+def _match(
+    key: str | None, key_match: str, header: str | None, header_value: str | None
+) -> RecordMatch | None:
+    """The key and header filters, when any is given."""
+    match = RecordMatch(key, key_match == "prefix", header or None, header_value)
+    return None if match.empty else match
 
 
 def error_group_body(group: analytics.ErrorGroup) -> dict[str, Any]:

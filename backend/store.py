@@ -81,6 +81,12 @@ _ROW_REFUSALS = {
     sqlite3.SQLITE_RANGE,
 }
 
+#: An export reads the store in pages of this many rows, and stored-apart payloads this many at a time.
+EXPORT_PAGE_ROWS = 5_000
+APART_READ_ROWS = 100
+#: A key or header value filter written ``base64:<text>`` matches a binary key / value's base64.
+BASE64_PREFIX = "base64:"
+
 _HEAD_COLUMNS = (
     'log_id, cluster_id, topic, partition, "offset", record_key, data_type, row_count, status, '
     "consumer_id, error, produced_ms, received_ms, started_ms, completed_ms, size_bytes"
@@ -100,6 +106,57 @@ def _full(column: str) -> str:
 
 
 _FULL_PAYLOAD = _full("payload")
+#: The text (or base64) of each header value of row ``l``: ``SELECT v FROM json_each(...)``.
+_HEADER_VALUES = (
+    "SELECT coalesce(h.value ->> '$.value', h.value ->> '$.valueBase64') AS v FROM json_each(l.headers) AS h"
+)
+#: Where received_ms is in a row of _ROW_COLUMNS.
+_RECEIVED_AT = _HEAD_COLUMNS.split(", ").index("received_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMatch:
+    """Filters on a record's own metadata: its key (exact or a prefix) and a header (name, value).
+
+    A key or value written ``base64:<base64>`` matches a binary one (``keyBase64``, ``valueBase64``).
+    A header value without a name matches that value in any header (a trace id, wherever it is).
+    """
+
+    key: str | None = None
+    key_prefix: bool = False
+    header: str | None = None
+    header_value: str | None = None
+
+    def where(self, clauses: list[str], params: list[Any]) -> None:
+        """Add this match's SQL conditions on ``log_rows AS l`` (and their parameters)."""
+        if self.key is not None:
+            column, key = "record_key", self.key
+            if key.startswith(BASE64_PREFIX):
+                column, key = "key_base64", key[len(BASE64_PREFIX) :]
+            if self.key_prefix:  # substr, not LIKE: no wildcards to escape, case kept
+                clauses.append(f"substr({column}, 1, length(?)) = ?")
+                params.extend([key, key])
+            else:
+                clauses.append(f"{column} = ?")
+                params.append(key)
+        conditions = []
+        if self.header:
+            conditions.append("h.value ->> '$.key' = ?")
+            params.append(self.header)
+        if self.header_value is not None:
+            field, value = "$.value", self.header_value
+            if value.startswith(BASE64_PREFIX):
+                field, value = "$.valueBase64", value[len(BASE64_PREFIX) :]
+            conditions.append(f"h.value ->> '{field}' = ?")
+            params.append(value)
+        if conditions:
+            headers = f"SELECT 1 FROM json_each(l.headers) AS h WHERE {' AND '.join(conditions)}"
+            clauses.append(f"(headers IS NOT NULL AND EXISTS ({headers}))")
+
+    @property
+    def empty(self) -> bool:
+        return self.key is None and not self.header and self.header_value is None
+
 
 _SCHEMA_1_TO_2 = [
     "ALTER TABLE logs RENAME TO log_rows",
@@ -847,13 +904,15 @@ class Store:
         text: str | None = None,
         offset: int = 0,
         payloads: bool = True,
+        match: RecordMatch | None = None,
     ) -> list[LogRow]:
-        """Stored logs, newest first, filtered; ``text`` searches the payload and the error.
+        """Stored logs, newest first, filtered; ``text`` searches payload, error, key and header values.
 
         Payloads stored apart are never read (those rows are ``stored_apart``, with a preview);
         ``payloads=False`` leaves out the small inline ones too (the REST list shows none).
+        ``match`` narrows by the record's key and headers.
         """
-        where, params = self._filters(status, topic, since_ms, until_ms, text)
+        where, params = self._filters(status, topic, since_ms, until_ms, text, match)
         columns = _ROW_COLUMNS if payloads else _ROW_COLUMNS.replace("payload, result", "NULL, NULL")
         sql = (
             f"SELECT {columns} FROM log_rows AS l {where} "
@@ -869,14 +928,58 @@ class Store:
         since_ms: int | None = None,
         until_ms: int | None = None,
         text: str | None = None,
+        match: RecordMatch | None = None,
     ) -> int:
         """How many stored logs match the same filters as :meth:`logs`."""
-        where, params = self._filters(status, topic, since_ms, until_ms, text)
+        where, params = self._filters(status, topic, since_ms, until_ms, text, match)
         return self._reader().execute(f"SELECT COUNT(*) FROM log_rows AS l {where}", params).fetchone()[0]
+
+    def iter_logs(
+        self,
+        status: str | None = None,
+        topic: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        text: str | None = None,
+        match: RecordMatch | None = None,
+        page_size: int = EXPORT_PAGE_ROWS,
+    ) -> Iterator[LogRow]:
+        """Every matching log with its full payload and result, newest first, in bounded memory.
+
+        For exports of a whole filtered set: pages of ``page_size`` rows by keyset pagination on
+        (received_ms, log_id), never OFFSET (which re-reads every skipped row); payloads stored
+        apart are read a few rows at a time. Each page is one complete query, so the generator may
+        be resumed from another thread (a streamed HTTP answer) and holds no cursor open.
+        """
+        where, params = self._filters(status, topic, since_ms, until_ms, text, match)
+        after: tuple[int, str] | None = None
+        while True:
+            page_where, page_params = where, list(params)
+            if after is not None:
+                page_where += (" AND " if where else "WHERE ") + "(received_ms, log_id) < (?, ?)"
+                page_params.extend(after)
+            sql = (
+                f"SELECT {_ROW_COLUMNS} FROM log_rows AS l {page_where} "
+                "ORDER BY received_ms DESC, log_id DESC LIMIT ?"
+            )
+            values = self._reader().execute(sql, [*page_params, int(page_size)]).fetchall()
+            if not values:
+                return
+            for start in range(0, len(values), APART_READ_ROWS):
+                yield from self.with_payloads([_listed(v) for v in values[start : start + APART_READ_ROWS]])
+            last = values[-1]
+            after = (last[_RECEIVED_AT], last[0])
+            if len(values) < page_size:
+                return
 
     @staticmethod
     def _filters(
-        status: str | None, topic: str | None, since_ms: int | None, until_ms: int | None, text: str | None
+        status: str | None,
+        topic: str | None,
+        since_ms: int | None,
+        until_ms: int | None,
+        text: str | None,
+        match: RecordMatch | None = None,
     ) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
@@ -889,11 +992,16 @@ class Store:
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
+        if match is not None:
+            match.where(clauses, params)
         if text:  # a search reads what it searches: payloads stored apart too
             clauses.append(
-                f"(instr(lower({_FULL_PAYLOAD}), lower(?)) > 0 OR instr(lower(error), lower(?)) > 0)"
+                f"(instr(lower({_FULL_PAYLOAD}), lower(?)) > 0 OR instr(lower(error), lower(?)) > 0"
+                " OR instr(lower(record_key), lower(?)) > 0"
+                " OR (headers IS NOT NULL AND EXISTS"
+                f" ({_HEADER_VALUES} WHERE instr(lower(v), lower(?)) > 0)))"
             )
-            params.extend([text, text])
+            params.extend([text] * 4)
         return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def log(self, log_id: str) -> LogRow | None:

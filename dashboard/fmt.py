@@ -116,6 +116,7 @@ LOG_COLUMNS = [
     "topic",
     "partition",
     "offset",
+    "key",
     "status",
     "error",
     "payload",
@@ -138,6 +139,7 @@ def logs_frame(rows: Iterable[LogRow], with_payload: bool = True) -> pd.DataFram
                 "topic": row.topic,
                 "partition": row.partition,
                 "offset": str(row.offset),
+                "key": key_cell(row.record_key, row.key_base64),
                 "status": row.status,
                 "type": row.data_type,
                 "rows": row.row_count,
@@ -158,17 +160,43 @@ def _payload_cell(row: LogRow) -> str:
     return payload_preview(row.payload)
 
 
-def export_frame(rows: Iterable[LogRow]) -> pd.DataFrame:
-    """The CSV export: contract field names, full payloads as JSON text, UTC ISO times."""
-    return pd.DataFrame.from_records(
-        [
-            {
-                **row.to_api(),
-                "payload": None if row.payload is None else json.dumps(row.payload, ensure_ascii=False),
-            }
-            for row in rows
-        ]
-    )
+def key_cell(key: str | None, key_base64: str | None, limit: int = 24) -> str:
+    """A record key for a table cell: its text, or ``base64:…`` (shortened) for a binary key."""
+    if key is not None:
+        return key
+    if key_base64 is None:
+        return ""
+    shown = key_base64 if len(key_base64) <= limit else key_base64[: limit - 1] + "…"
+    return "base64:" + shown
+
+
+def headers_frame(headers: list[dict[str, Any]]) -> pd.DataFrame:
+    """A record's headers as a table in record order (repeated names kept); binary values as base64."""
+    rows = []
+    for number, header in enumerate(headers, start=1):
+        value = header.get("value")
+        if "valueBase64" in header and header["valueBase64"] is not None:
+            value = "base64:" + header["valueBase64"]
+        rows.append({"#": number, "name": header.get("key", ""), "value": value})
+    return pd.DataFrame.from_records(rows, columns=["#", "name", "value"])
+
+
+#: The record detail shows at most this many of a kept value's bytes as a hex dump.
+HEX_SHOWN_BYTES = 4096
+
+
+def hex_dump(data: bytes, limit: int = HEX_SHOWN_BYTES) -> str:
+    """``xxd``-like lines: offset, 16 bytes in hex, and the printable ASCII (others as ``.``).
+
+    Plain text for st.code: the data never reaches markup, whatever bytes it holds.
+    """
+    lines = []
+    for start in range(0, min(len(data), limit), 16):
+        chunk = data[start : start + 16]
+        hexed = " ".join(f"{b:02x}" for b in chunk)
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{start:08x}  {hexed:<47}  {text}")
+    return "\n".join(lines)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -43,6 +43,8 @@ TAIL_FIELDS = (
     "topic",
     "partition",
     "offset",
+    "key",
+    "keyBase64",
     "dataType",
     "rowCount",
     "status",

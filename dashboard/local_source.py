@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from backend import analytics
+from backend import analytics, export
 from backend.analytics import ErrorGroup
 from backend.bus import EventBus
 from backend.gateway.http_policy import STREAM_TICKETS
 from backend.service import Backend, Produced
-from backend.store import LogRow, Store
+from backend.store import LogRow, RecordMatch, Store
 from dashboard.views import ConsumerView, PartitionView, Rows, SourceStatus, Topics, sorted_partitions
 
 
@@ -131,8 +132,9 @@ class LocalSource:
         until_ms: int | None = None,
         text: str | None = None,
         offset: int = 0,
+        match: RecordMatch | None = None,
     ) -> list[LogRow]:
-        return self.store.logs(limit, status, topic, since_ms, until_ms, text, offset)
+        return self.store.logs(limit, status, topic, since_ms, until_ms, text, offset, match=match)
 
     def count_logs(
         self,
@@ -141,8 +143,22 @@ class LocalSource:
         since_ms: int | None = None,
         until_ms: int | None = None,
         text: str | None = None,
+        match: RecordMatch | None = None,
     ) -> int:
-        return self.store.count_logs(status, topic, since_ms, until_ms, text)
+        return self.store.count_logs(status, topic, since_ms, until_ms, text, match)
+
+    def export_logs(
+        self,
+        status: str | None = None,
+        topic: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        text: str | None = None,
+        match: RecordMatch | None = None,
+    ) -> Iterator[list[Any]]:
+        yield list(export.COLUMNS)
+        for row in self.store.iter_logs(status, topic, since_ms, until_ms, text, match):
+            yield export.cells(row)
 
     def log(self, log_id: str) -> LogRow | None:
         return self.store.log(log_id)

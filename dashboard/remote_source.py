@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
+import io
 import json
 import logging
 import threading
@@ -23,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from backend import events, wire
@@ -30,7 +33,7 @@ from backend.analytics import ErrorGroup
 from backend.bus import EventBus
 from backend.config import ConfigError, Settings
 from backend.service import Produced
-from backend.store import LogRow
+from backend.store import LogRow, RecordMatch
 from dashboard.views import ConsumerView, PartitionView, Rows, SourceStatus, Topics, sorted_partitions
 
 log = logging.getLogger(__name__)
@@ -76,13 +79,53 @@ class RestClient:
 
     def get(self, path: str, query: dict[str, Any] | None = None) -> Any:
         """GET a path of the base URL with a query (None values are left out)."""
+        return self.request("GET", self.url(path, query))
+
+    def url(self, path: str, query: dict[str, Any] | None = None) -> str:
         params = {k: v for k, v in (query or {}).items() if v is not None}
         encoded = urllib.parse.urlencode(params)
-        return self.request("GET", self.base + path + ("?" + encoded if encoded else ""))
+        return self.base + path + ("?" + encoded if encoded else "")
+
+    def csv_rows(self, path: str, query: dict[str, Any] | None = None) -> Iterator[list[str]]:
+        """GET a CSV answer and yield its rows as they arrive (never the whole body in memory)."""
+        url = self.url(path, query)
+        headers = {"Accept": "text/csv"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(url, method="GET", headers=headers)
+        try:
+            response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", errors="replace")
+            with contextlib.suppress(ValueError, AttributeError):
+                detail = json.loads(detail).get("error", detail)
+            raise RestError(f"GET {url}: {exc.code} {detail}", exc.code) from None
+        with response:
+            yield from csv.reader(io.TextIOWrapper(response, encoding="utf-8", newline=""))
 
 
 def _scope(since_ms: int | None, until_ms: int | None, topics: Topics) -> dict[str, Any]:
     return {"sinceMs": since_ms, "untilMs": until_ms, "topics": ",".join(topics) if topics else None}
+
+
+def _log_filters(
+    status: str | None,
+    topic: str | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    text: str | None,
+    match: RecordMatch | None,
+) -> dict[str, Any]:
+    """The query of /api/analytics/logs, /logs/count and /logs/export."""
+    query = {"status": status, "topic": topic, "text": text, **_scope(since_ms, until_ms, None)}
+    if match is not None:
+        query.update(
+            key=match.key,
+            keyMatch="prefix" if match.key_prefix else None,
+            header=match.header,
+            headerValue=match.header_value,
+        )
+    return query
 
 
 def log_row(body: wire.LogBody) -> LogRow:
@@ -286,9 +329,13 @@ class RemoteSource:
         until_ms: int | None = None,
         text: str | None = None,
         offset: int = 0,
+        match: RecordMatch | None = None,
     ) -> list[LogRow]:
-        query = {"limit": limit, "offset": offset, "status": status, "topic": topic, "text": text}
-        query.update(_scope(since_ms, until_ms, None))
+        query = {
+            "limit": limit,
+            "offset": offset,
+            **_log_filters(status, topic, since_ms, until_ms, text, match),
+        }
         bodies = wire.parse_list(wire.LogDetailBody, self.rest.get("/api/analytics/logs", query))
         return [log_row(body) for body in bodies]
 
@@ -299,9 +346,23 @@ class RemoteSource:
         since_ms: int | None = None,
         until_ms: int | None = None,
         text: str | None = None,
+        match: RecordMatch | None = None,
     ) -> int:
-        query = {"status": status, "topic": topic, "text": text, **_scope(since_ms, until_ms, None)}
+        query = _log_filters(status, topic, since_ms, until_ms, text, match)
         return wire.parse(wire.LogCountBody, self.rest.get("/api/analytics/logs/count", query)).count
+
+    def export_logs(
+        self,
+        status: str | None = None,
+        topic: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        text: str | None = None,
+        match: RecordMatch | None = None,
+    ) -> Iterator[list[Any]]:
+        """The backend's streamed CSV export (``GET /api/analytics/logs/export``), row by row."""
+        query = _log_filters(status, topic, since_ms, until_ms, text, match)
+        yield from self.rest.csv_rows("/api/analytics/logs/export", query)
 
     def log(self, log_id: str) -> LogRow | None:
         try:

@@ -18,13 +18,14 @@ so a page draws and exports them the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from backend.analytics import ErrorGroup
 from backend.bus import EventBus
 from backend.config import Settings
 from backend.service import Produced
-from backend.store import LogRow
+from backend.store import LogRow, RecordMatch
 from dashboard.local_source import LocalSource
 from dashboard.remote_source import RemoteSource
 from dashboard.views import ConsumerView, PartitionView, Rows, SourceStatus, Topics
@@ -36,6 +37,7 @@ __all__ = [
     "LogRow",
     "PartitionView",
     "Produced",
+    "RecordMatch",
     "RemoteSource",
     "Rows",
     "Source",
@@ -85,8 +87,10 @@ class Source(Protocol):
         until_ms: int | None = None,
         text: str | None = None,
         offset: int = 0,
+        match: RecordMatch | None = None,
     ) -> list[LogRow]:
-        """Stored records with payloads, newest first (``text`` searches payload and error)."""
+        """Stored records with payloads, newest first (``text`` searches payload, error, key and
+        header values; ``match`` narrows by key and header)."""
         ...
 
     def count_logs(
@@ -96,7 +100,23 @@ class Source(Protocol):
         since_ms: int | None = None,
         until_ms: int | None = None,
         text: str | None = None,
+        match: RecordMatch | None = None,
     ) -> int: ...
+
+    def export_logs(
+        self,
+        status: str | None = None,
+        topic: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        text: str | None = None,
+        match: RecordMatch | None = None,
+    ) -> Iterator[list[Any]]:
+        """Every matching record as CSV cells (``backend.export``), the column names first.
+
+        Streamed: the whole filtered set, read a page at a time, never held in memory at once.
+        """
+        ...
 
     def log(self, log_id: str) -> LogRow | None: ...
 

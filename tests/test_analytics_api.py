@@ -7,6 +7,8 @@ reads them against a served backend: tests/test_remote_source.py.
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 import types
 from collections.abc import Iterator
@@ -102,6 +104,16 @@ HOSTILE = [
     ("/api/analytics/logs", {"topic": "x" * 250}),
     ("/api/analytics/logs", {"text": "x" * 501}),
     ("/api/analytics/logs/count", {"topic": ".."}),
+    ("/api/analytics/logs", {"headerValue": "x" * 1001}),
+    ("/api/analytics/logs/count", {"keyMatch": "suffix"}),
+    ("/api/analytics/logs/count", {"key": "k" * 1001}),
+    ("/api/analytics/logs/export", {"header": "h" * 1001}),
+    ("/api/analytics/logs/export", {"limit": "x", "untilMs": "tomorrow"}),
+    ("/api/analytics/logs/export", {"status": "DONE"}),
+    ("/api/analytics/logs/export", {"sinceMs": "-1"}),
+    ("/api/analytics/logs/export", {"topic": "a b"}),
+    ("/api/analytics/logs/export", {"text": "x" * 501}),
+    ("/api/analytics/logs/export", {"keyMatch": "'; DROP TABLE logs; --"}),
     ("/api/consumers/logs/" + "x" * 201, {}),
     ("/api/consumers/logs/not-a-log-id", {}),
 ]
@@ -121,6 +133,8 @@ def test_odd_but_valid_values_are_answered(client: TestClient) -> None:
         ("/api/analytics/field-series", {"bucketMs": "1", "field": "'); DROP TABLE logs; --"}),
         ("/api/analytics/volume", {"bucketMs": "1000", "sinceMs": "5", "untilMs": "1"}),
         ("/api/analytics/failed/records", {"pattern": ""}),
+        ("/api/analytics/logs", {"key": "k%", "keyMatch": "prefix", "header": "'; --", "headerValue": ""}),
+        ("/api/analytics/logs/export", {"key": "\u0000", "header": "h", "text": "%_"}),
     ]:
         answer = client.get(path, params=query)
         assert answer.status_code == 200, (path, answer.text)
@@ -131,6 +145,28 @@ def test_every_route_wants_the_token(store: Store) -> None:
     bare = TestClient(create_gateway_app(backend).api)
     assert bare.get("/api/analytics/bounds").status_code == 401
     assert bare.get("/api/consumers/logs/x").status_code == 401
+    assert bare.get("/api/analytics/logs/export").status_code == 401
+
+
+def test_the_export_streams_every_matching_record_as_csv(client: TestClient, store: Store) -> None:
+    answer = client.get("/api/analytics/logs/export", params={"status": "FAILED"})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/csv")
+    assert "attachment" in answer.headers["content-disposition"]
+    records = list(csv.DictReader(io.StringIO(answer.text)))
+    assert len(records) == store.count_logs(status="FAILED") == 20
+    assert {r["status"] for r in records} == {"FAILED"}
+    # The error text starts with letters; a formula-looking cell would be quoted: none is raw here.
+    assert not [v for r in records for v in r.values() if v[:1] in ("=", "+", "@")]
+    keyed = client.get("/api/analytics/logs/export", params={"key": "k1", "keyMatch": "prefix"}).text
+    assert sorted(r["key"] for r in csv.DictReader(io.StringIO(keyed))) == [
+        "k10",
+        "k100",
+        "k105",
+        "k110",
+        "k115",
+        "k15",
+    ]
 
 
 def test_no_store_is_503(tmp_path: Path) -> None:

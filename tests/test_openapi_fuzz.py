@@ -87,6 +87,7 @@ ANALYTICS_WITH_PARAMETERS = {
     "GET /api/analytics/failed/records",
     "GET /api/analytics/logs",
     "GET /api/analytics/logs/count",
+    "GET /api/analytics/logs/export",
 }
 ANALYTICS_OPERATIONS = {
     *ANALYTICS_WITHOUT_PARAMETERS,

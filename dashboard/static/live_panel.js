@@ -180,6 +180,12 @@ function clock(ms) {
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
 
+// A record key as text (always via textContent): its UTF-8 text, or base64:… for a binary key.
+function keyText(row) {
+  if (row.key !== null && row.key !== undefined) return row.key;
+  return row.keyBase64 ? `base64:${row.keyBase64}` : "";
+}
+
 function cell(tr, text, cls) {
   const td = document.createElement("td");
   td.textContent = text === null || text === undefined ? "" : String(text);
@@ -269,7 +275,7 @@ class LiveView {
       if (!this.rows.has(d.logId)) {
         this.rows.set(d.logId, {
           logId: d.logId, topic: d.topic, partition: d.partition, offset: d.offset,
-          dataType: d.dataType, rowCount: d.rowCount, status: "RECEIVED",
+          key: d.key, keyBase64: d.keyBase64, dataType: d.dataType, rowCount: d.rowCount, status: "RECEIVED",
           consumerId: null, error: null, time: Date.parse(d.timestamp),
         });
         bump("totalMessages");
@@ -403,6 +409,8 @@ class LiveView {
     cell(tr, row.topic, "kd-topic");
     cell(tr, row.partition, "kd-num");
     cell(tr, row.offset, "kd-num kd-offset");
+    const key = cell(tr, keyText(row), "kd-key");
+    key.title = key.textContent;
     cell(tr, row.dataType === "CSV_BATCH" ? "CSV batch" : "JSON", "kd-type");
     cell(tr, row.rowCount, "kd-num");
     const status = cell(tr, "", "kd-status-cell");
