@@ -20,6 +20,8 @@ const MIN_RENDER_GAP_MS = 30;
 const RATE_WINDOW_MS = 10000;
 const LATENCY_KEEP = 2000;
 const RECENT_KEEP = 5000; // frames a stream keeps for views that join it late
+// The tail's Type column; a value outside these (SINGLE_MESSAGE) reads "JSON".
+const TYPE_LABELS = { CSV_BATCH: "CSV batch", TOMBSTONE: "Tombstone" };
 const EVENTS = new Set([
   "message-received", "processing-started", "processing-completed", "processing-failed",
   "stats-updated", "consumer-status-changed",
@@ -411,7 +413,7 @@ class LiveView {
     cell(tr, row.offset, "kd-num kd-offset");
     const key = cell(tr, keyText(row), "kd-key");
     key.title = key.textContent;
-    cell(tr, row.dataType === "CSV_BATCH" ? "CSV batch" : "JSON", "kd-type");
+    cell(tr, TYPE_LABELS[row.dataType] || "JSON", "kd-type");
     cell(tr, row.rowCount, "kd-num");
     const status = cell(tr, "", "kd-status-cell");
     tr._pill = document.createElement("span");
