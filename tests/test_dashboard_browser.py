@@ -522,7 +522,7 @@ def test_hostile_payloads_render_inert(page: Any, dashboard: Dashboard, producer
     search.press("Enter")
     playwright_api.expect(page.get_by_text(re.compile(r"^1 matching record\b"))).to_be_visible(timeout=30_000)
     # Drawn after the table in the same run: once it shows, the table holds the one match.
-    playwright_api.expect(page.get_by_role("button", name="Download this row as CSV")).to_be_visible()
+    playwright_api.expect(page.get_by_role("button", name="Export 1 matching record as CSV")).to_be_visible()
     grid = page.get_by_test_id("stDataFrame").first
     grid.click(position={"x": 20, "y": 35 + 17})  # the first row's selection box (under the header)
     payload = page.get_by_test_id("stJson").last
