@@ -88,15 +88,16 @@ def _snapshot(store: Store) -> Iterator[tuple[sqlite3.Connection, int]]:
 def _counted(
     kept_from: int, since_ms: int | None, until_ms: int | None, topics: Sequence[str] | None
 ) -> tuple[str, list[Any]]:
-    """Rows (t, topic, status, messages, rows, last_ms): one per kept log from ``kept_from`` on, one
-    per aggregate (a minute, topic, status and dataType) before it."""
+    """Rows (t, topic, status, data_type, messages, rows, last_ms): one per kept log from
+    ``kept_from`` on, one per aggregate (a minute, topic, status and dataType) before it."""
     kept_where, kept_params = _range(since_ms, until_ms, topics)
     old_where, old_params = _range(since_ms, until_ms, topics, column="minute_ms")
     sql = f"""
-        SELECT received_ms AS t, topic, status, 1 AS messages, row_count AS rows, received_ms AS last_ms
+        SELECT received_ms AS t, topic, status, data_type, 1 AS messages, row_count AS rows,
+               received_ms AS last_ms
         FROM log_rows WHERE received_ms >= ? {kept_where}
         UNION ALL
-        SELECT minute_ms, topic, status, messages, rows, last_ms
+        SELECT minute_ms, topic, status, data_type, messages, rows, last_ms
         FROM log_minutes WHERE minute_ms < ? {old_where}
     """
     return sql, [kept_from, *kept_params, kept_from, *old_params]
@@ -154,12 +155,14 @@ def volume(
     until_ms: int | None = None,
     topics: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Records and data rows per bucket, topic and status: {bucket, topic, status, messages, rows}."""
+    """Records and data rows per bucket, topic, status and data type:
+    {bucket, topic, status, data_type, messages, rows} (tombstones are their own data type)."""
     with _snapshot(store) as (db, kept):
         counted, params = _counted(kept, since_ms, until_ms, topics)
         sql = (
-            "SELECT (t / ?) * ? AS bucket, topic, status, SUM(messages) AS messages, SUM(rows) AS rows "
-            f"FROM ({counted}) GROUP BY bucket, topic, status ORDER BY bucket, topic, status"
+            "SELECT (t / ?) * ? AS bucket, topic, status, data_type, SUM(messages) AS messages, "
+            f"SUM(rows) AS rows FROM ({counted}) GROUP BY bucket, topic, status, data_type "
+            "ORDER BY bucket, topic, status, data_type"
         )
         return _dicts(db.execute(sql, [bucket_ms, bucket_ms, *params]))
 

@@ -301,11 +301,12 @@ class ThroughputRow(Row):
 
 
 class VolumeRow(Row):
-    """Records received in one bucket, on one topic, with one status."""
+    """Records received in one bucket, on one topic, with one status and data type."""
 
     bucket: EpochMs
     topic: str
     status: str
+    data_type: str = Field(description="SINGLE_MESSAGE, CSV_BATCH or TOMBSTONE")
     messages: Count
     rows: Count | None = Field(description="Data rows (a CSV batch counts its rows)")
 

@@ -176,7 +176,22 @@ def volume_by_topic(rows: Sequence[dict[str, Any]], bucket_ms: int, domain: Doma
     Bars, not lines: traffic comes in bursts, and a line from one burst to the next claimed
     records in the empty buckets between them.
     """
+    return _volume_by(_frame(rows, "bucket", bucket_ms), "topic", domain)
+
+
+#: How the data types read in charts (tombstones are records of their own kind, not failures).
+TYPE_LABELS = {"SINGLE_MESSAGE": "JSON message", "CSV_BATCH": "CSV batch", "TOMBSTONE": "Tombstone"}
+
+
+def volume_by_type(rows: Sequence[dict[str, Any]], bucket_ms: int, domain: Domain = None) -> alt.Chart:
+    """Stacked bars of records per bucket by data type: JSON messages, CSV batches, tombstones."""
     frame = _frame(rows, "bucket", bucket_ms)
+    if "data_type" in frame:
+        frame["type"] = frame["data_type"].map(lambda value: TYPE_LABELS.get(value, value))
+    return _volume_by(frame, "type", domain)
+
+
+def _volume_by(frame: pd.DataFrame, column: str, domain: Domain) -> alt.Chart:
     return (
         alt.Chart(frame)
         .mark_bar()
@@ -184,14 +199,14 @@ def volume_by_topic(rows: Sequence[dict[str, Any]], bucket_ms: int, domain: Doma
             x=_time_x(domain),
             x2="end:T",
             y=_count_y("sum(messages):Q", "messages", _largest(frame, "bucket", "messages")),
-            color=alt.Color("topic:N", legend=_legend(frame.get("topic", ()))),
+            color=alt.Color(f"{column}:N", legend=_legend(frame.get(column, ()))),
             tooltip=[
                 alt.Tooltip("bucket:T", title="from", format=TOOLTIP_TIME),
-                "topic:N",
+                f"{column}:N",
                 alt.Tooltip("sum(messages):Q", title="messages", format=COUNT_FORMAT),
             ],
         )
-        .properties(height=HEIGHT + legend_height(frame.get("topic", ())))
+        .properties(height=HEIGHT + legend_height(frame.get(column, ())))
     )
 
 

@@ -85,7 +85,11 @@ if not volume:
 row1 = st.columns(2, gap="large")
 with row1[0]:
     section("Volume by status", "Records received per bucket, processed and failed stacked.")
-    st.altair_chart(charts.volume_by_status(volume, bucket, domain), width="stretch")
+    by_status, by_type = st.tabs(["By status", "By data type"])
+    with by_status:
+        st.altair_chart(charts.volume_by_status(volume, bucket, domain), width="stretch")
+    with by_type:  # tombstones are processed records of their own kind, not failures
+        st.altair_chart(charts.volume_by_type(volume, bucket, domain), width="stretch")
     download(volume, "volume", "dl_volume_status")
 with row1[1]:
     section("Volume by topic", "Records received per bucket and topic.")

@@ -219,3 +219,44 @@ def test_csv_batches_are_sent_in_order_and_stop_at_the_first_error() -> None:
         producing.send_batches(produce, "t", [b"c", b"bad", b"d"])
     assert [r.offset for r in stopped.value.sent] == [3] and str(stopped.value.error) == "too large"
     assert sent == [b"a", b"b", b"c"]
+
+
+def test_tombstones_are_counted_as_their_own_data_type(tmp_path: Path) -> None:
+    """A compacted topic's tombstones are processed records of their own kind, not failures."""
+    import dataclasses
+
+    from backend.events import TOMBSTONE
+    from dashboard import charts
+
+    store = Store(tmp_path)
+    now = int(time.time() * 1000)
+    rows = stored_rows(now)
+    tombstones = [
+        dataclasses.replace(
+            rows[1],
+            log_id=f"tomb-{i}",
+            offset=1000 + i,
+            data_type=TOMBSTONE,
+            row_count=0,
+            status=PROCESSED,
+            error=None,
+            payload=None,
+            payload_json=None,
+        )  # fmt: skip
+        for i in range(4)
+    ]
+    store.save(rows + tombstones)
+    try:
+        volume = analytics.volume(store, 60_000)
+    finally:
+        store.close()
+    by_type: dict[str, int] = {}
+    for row in volume:
+        by_type[row["data_type"]] = by_type.get(row["data_type"], 0) + row["messages"]
+    assert by_type[TOMBSTONE] == 4
+    assert sum(by_type.values()) == 124
+    assert {r["status"] for r in volume if r["data_type"] == TOMBSTONE} == {PROCESSED}
+    spec = charts.volume_by_type(volume, 60_000).to_dict()
+    assert spec["encoding"]["color"]["field"] == "type"
+    drawn = {row["type"] for row in next(iter(spec["datasets"].values()))}
+    assert drawn == {"JSON message", "CSV batch", "Tombstone"}

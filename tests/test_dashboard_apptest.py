@@ -179,13 +179,13 @@ def test_the_trends_charts_have_24_hour_axes_whole_counts_and_uncut_legends(with
     app.segmented_control(key="trends_range").set_value("All").run()
     assert not problems(app)
     specs = [json.loads(chart.proto.spec) for chart in app.get("vega_lite_chart")]
-    assert len(specs) == 5, "volume by status and by topic, failure rate, latency, payload field"
+    assert len(specs) == 6, "volume by status, type and topic, failure rate, latency, payload field"
     for spec in specs:
         assert spec["encoding"]["x"]["axis"]["format"] == charts.TIME_FORMAT
         if "legend" in spec["encoding"].get("color", {}):
             assert spec["encoding"]["color"]["legend"]["labelLimit"] == charts.LEGEND_PX
     counted = [s for s in specs if s["encoding"]["y"].get("title") == "messages"]
-    assert len(counted) == 2 and all(s["encoding"]["y"]["axis"]["format"] == ",d" for s in counted)
+    assert len(counted) == 3 and all(s["encoding"]["y"]["axis"]["format"] == ",d" for s in counted)
     assert "~s" not in json.dumps(specs)
     failure = next(c.value for c in app.caption if "overall" in c.value)
     assert re.search(r" 1\d\.\d% overall", failure), failure  # 20 of about 120, one decimal
