@@ -110,6 +110,12 @@ class Settings:
     max_created_topics: int = 100
     max_consumers: int = 32
     retention: Retention | None = None  # None: keep every log
+    #: all: a view and its workers; worker: consume and process only; view: store, gateway, dashboard.
+    role: str = "all"
+    workers: int | None = None  # None: the CPU cores, at most consumer_count (see worker_count)
+    events_topic_name: str | None = None  # None: derived from group_id (see events_topic)
+    #: The cluster's bootstrap is the embedded broker another process started (a worker of ``all``).
+    attached_to_embedded: bool = False
 
     @property
     def decoded_limit(self) -> int:
@@ -120,8 +126,44 @@ class Settings:
 
     @property
     def embedded(self) -> bool:
-        """True when no cluster is configured and the embedded broker is used."""
+        """True when the embedded broker is used: started by this process, or by its parent."""
+        return not self.bootstrap_servers or self.attached_to_embedded
+
+    @property
+    def starts_broker(self) -> bool:
+        """True when this process starts the embedded broker (no cluster configured)."""
         return not self.bootstrap_servers
+
+    @property
+    def events_topic(self) -> str:
+        """EVENTS_TOPIC: where workers hand events to views (``_<group>.events`` by default)."""
+        return self.events_topic_name or f"_{self.group_id}.events"
+
+    @property
+    def control_topic(self) -> str:
+        """Where views ask workers to start or stop a consumer."""
+        return f"{self.events_topic}.control"
+
+    @property
+    def worker_count(self) -> int:
+        """WORKERS: worker processes to start; the CPU cores, at most CONSUMER_COUNT, at least 1.
+
+        On the embedded broker always 1: its consumers get their partitions from the worker's own
+        assigner (Tansu's group rebalances wait the whole rebalance timeout), which spans one process.
+        """
+        if self.embedded:
+            return 1
+        if self.workers is not None:
+            return self.workers
+        return max(1, min(os.cpu_count() or 1, self.consumer_count))
+
+    @property
+    def runs_view(self) -> bool:
+        return self.role in ("all", "view")
+
+    @property
+    def runs_workers(self) -> bool:
+        return self.role in ("all", "worker")
 
     def kafka_client_options(self) -> dict[str, object]:
         """Security options shared by every kafka-python client we create."""
@@ -148,6 +190,8 @@ class Settings:
 
     def topic_matches(self, topic: str) -> bool:
         """Whether the consumers should read ``topic`` (per KAFKA_TOPICS)."""
+        if topic in (self.events_topic, self.control_topic):
+            return False  # never a source, whatever KAFKA_TOPICS says
         if self.topics:
             return topic in self.topics
         return bool(self.topic_pattern and re.match(self.topic_pattern, topic))
@@ -193,6 +237,10 @@ class Settings:
             max_created_topics=_int(env, "MAX_CREATED_TOPICS", 100, 0, 1_000_000),
             max_consumers=_int(env, "MAX_CONSUMERS", 32, 1, 1024),
             retention=Retention.parse(env.get("RETENTION", "")),
+            role=_role(env),
+            workers=_optional_int(env, "WORKERS", 1, 64),
+            events_topic_name=_events_topic(env),
+            attached_to_embedded=env.get("EMBEDDED_BROKER", "").strip() == "1",
         )
 
 
@@ -310,6 +358,27 @@ def _isolation_level(env: Mapping[str, str]) -> str:
     if raw.lower() not in ISOLATION_LEVELS:
         raise ConfigError(f"KAFKA_ISOLATION_LEVEL={raw!r} is not one of {', '.join(ISOLATION_LEVELS)}")
     return raw.lower()
+
+
+ROLES = ("all", "worker", "view")
+
+
+def _role(env: Mapping[str, str]) -> str:
+    raw = env.get("BACKEND_ROLE", "").strip().lower()
+    if not raw:
+        return "all"
+    if raw not in ROLES:
+        raise ConfigError(f"BACKEND_ROLE={raw!r} is not one of {', '.join(ROLES)}")
+    return raw
+
+
+def _events_topic(env: Mapping[str, str]) -> str | None:
+    raw = env.get("EVENTS_TOPIC", "").strip()
+    if raw and not is_valid_topic(raw):
+        raise ConfigError(f"EVENTS_TOPIC={raw!r} is not a valid topic name")
+    if len(raw) > 240:  # its control topic adds ".control"
+        raise ConfigError(f"EVENTS_TOPIC={raw[:40]!r}...: at most 240 characters")
+    return raw or None
 
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
