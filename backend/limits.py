@@ -13,3 +13,7 @@ class LimitReached(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class CommandTimeout(RuntimeError):
+    """No worker answered a start/stop command in time (REST: 504). The command may still be applied."""

@@ -11,6 +11,8 @@ import logging
 import socket
 import threading
 import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,21 +20,30 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from backend import events, processing, wire
+from backend import event_log, events, processing, wire
 from backend.bus import EventBus
+from backend.cluster import ConsumerDirectory, free_consumer_ids
 from backend.config import ConfigError, Settings, is_valid_topic
-from backend.consumers import ConsumerPool
+from backend.consumers import ConsumerSnapshot
+from backend.event_log import Command, ConsumerReport
+from backend.event_topics import ensure_event_topics
 from backend.http_server import HTTP_START_WAIT_S, HttpServers
-from backend.limits import LimitReached
-from backend.pipeline import Pipeline
+from backend.limits import CommandTimeout, LimitReached
+from backend.membership import MembershipWatcher
 from backend.progress import PartitionProgress
-from backend.stats import StatsPublisher, statistics
+from backend.stats import statistics
 from backend.store import Store
+from backend.supervisor import WorkerSupervisor, instance_id, spread
+from backend.view import EventsApplier, EventsReader
 
 log = logging.getLogger(__name__)
 
 BROKER_PROBE_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
+#: How long start-up waits for the view to read the events topic before naming its consumers.
+CATCH_UP_WAIT_S = 30.0
+#: How long starting or stopping a consumer waits for the worker's answer.
+COMMAND_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -107,17 +118,26 @@ def keep_startup_objects_out_of_gc() -> None:
 
 
 class Backend:
-    """The whole backend: start(), stop(), and the operations the APIs and pages need."""
+    """A view (and, with BACKEND_ROLE=all, its worker processes): start(), stop(), and what the APIs need.
+
+    The view reads the whole events topic into its store and its bus (backend/view.py); the
+    consumers run in worker processes (backend/worker.py, started by backend/supervisor.py) that
+    hand their work to every view through that topic. Starting or stopping a consumer is a
+    command on the control topic, answered by the worker's report in the events topic.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.broker: Any = None
         self.bootstrap = settings.bootstrap_servers or ""
         self.cluster_id = ""
+        self.instance = ""
         self.store: Store | None = None
         self.bus = EventBus()
-        self.pool: ConsumerPool | None = None
-        self.stats: StatsPublisher | None = None
+        self.directory = ConsumerDirectory()
+        self.reader: EventsReader | None = None
+        self.supervisor: Any = None
+        self.membership: Any = None
         self.probe: BrokerProbe | None = None
         self.started_at = events.now_iso()
         self._producer: KafkaProducer | None = None
@@ -133,9 +153,10 @@ class Backend:
 
     def start(self, serve_http: bool = True) -> Backend:
         """Start everything; raises ConfigError (or BrokerError) with one clear line."""
-        # The plugins first: one that cannot be imported stops start-up before anything runs.
-        processor = processing.load_processor(self.settings.processor)
-        deserializer = processing.load_deserializer(self.settings.deserializer)
+        # The plugins first: one that cannot be imported stops start-up before anything runs
+        # (the workers load them again; here it is the check that gives one clear line).
+        processing.load_processor(self.settings.processor)
+        processing.load_deserializer(self.settings.deserializer)
         if serve_http:
             # Here, not in the server thread: an unsupported library version stops start-up
             # with one line instead of leaving a backend that runs without its HTTP side.
@@ -144,37 +165,56 @@ class Backend:
             check_library_versions()
         http = HttpServers(self) if serve_http else None  # binds both ports now: a clear error if in use
         self.store = Store(self.settings.data_dir, retention=self.settings.retention)
-        start_seq = int(self.store.get_meta("seq_reserved") or 0)
-        self.bus = EventBus(
-            start_seq=start_seq, reserve=lambda n: self.store.set_meta("seq_reserved", str(n))
-        )
+        self.instance = instance_id(self.settings.data_dir)
         self._start_broker()
         self.probe = BrokerProbe(self.bootstrap)
         self.probe.start()
-        self.stats = StatsPublisher(self.store.counts, self._active_consumers, self.bus.publish)
-        self.stats.start()
-        pipeline = Pipeline(
-            cluster_id=self.cluster_id,
-            sink=self.store,
-            publish=self.bus.publish_many,
-            processor=processor,
-            deserializer=deserializer,
-            limits=processing.Limits.from_settings(self.settings),
-            counts_changed=self.stats.counts_changed,
-        )
-        self.pool = ConsumerPool(
-            self.settings, self.bootstrap, pipeline, self.bus.publish, self.stats.consumers_changed
-        )
-        self.pool.start(self.settings.consumer_count)
+        ensure_event_topics(self.bootstrap, self.settings)
+        self.bus = EventBus(start_seq=EventsApplier.start_seq(self.store))
+        applier = EventsApplier(self.store, self.bus, self.directory)
+        self.reader = EventsReader(self.settings, self.bootstrap, applier)
+        self.reader.start()
+        if self.settings.runs_workers:
+            self._start_workers()
+        if not self.settings.embedded:
+            self.membership = MembershipWatcher(self.settings, self.bootstrap, self.directory, self.producer)
+            self.membership.start()
         if http:
             self._http = http
             self._http.start()
             self._http.serving.wait(HTTP_START_WAIT_S)  # their imports and apps are long-lived too
-        log.info("Backend started: broker %s, %d consumers", self.bootstrap, self.settings.consumer_count)
+        log.info("Backend started (%s): broker %s", self.settings.role, self.bootstrap)
         return self
 
+    def _start_workers(self) -> None:
+        """Name the consumers (free names only: other instances may share the group) and start the workers."""
+        assert self.reader is not None
+        self.reader.caught_up.wait(CATCH_UP_WAIT_S)  # the directory knows which names are taken
+        mine = {f"{self.instance}-w{i + 1}" for i in range(self.settings.worker_count)}
+        names = free_consumer_ids(self.directory, self.settings.consumer_count, mine)
+        self.supervisor = WorkerSupervisor(
+            self.settings,
+            self.bootstrap,
+            self.cluster_id,
+            self.instance,
+            on_exit=self._worker_exited,
+            consumers=spread(names, self.settings.worker_count),
+        )
+        self.supervisor.start()
+
+    def _worker_exited(self, worker_id: str, consumers: list[str], returncode: int | None) -> None:
+        """A worker process died: tell every view that its consumers are out (it is restarted)."""
+        reason = f"its worker process {worker_id} exited (code {returncode})"
+        for consumer_id in consumers:
+            entry = self.directory.entry(consumer_id)
+            if entry is not None and entry.status == events.ACTIVE and entry.worker_id == worker_id:
+                report = ConsumerReport(
+                    consumer_id, worker_id, events.INACTIVE, reason=reason, reporter=f"view:{self.instance}"
+                )
+                self._write_events_record(event_log.CONSUMER, event_log.encode_consumer(report))
+
     def _start_broker(self) -> None:
-        if self.settings.embedded:
+        if self.settings.starts_broker:
             from backend.broker import EmbeddedBroker
 
             self.broker = EmbeddedBroker(self.settings.data_dir)
@@ -188,17 +228,22 @@ class Backend:
         if self._http:
             self._http.stop()
             self._http = None
-        if self.pool:
-            self.pool.stop_all()
-        if self.stats:
-            self.stats.stop()
+        if self.membership:
+            self.membership.stop()
+            self.membership = None
+        if self.supervisor:
+            self.supervisor.stop()
+            self.supervisor = None
+        if self.reader:
+            self.reader.stop()
+            self.reader.join(5)
+            self.reader = None
         if self.probe:
             self.probe.stop()
         if self._producer:
             self._producer.close(timeout=5)
             self._producer = None
         if self.store:
-            self.store.set_meta("seq_reserved", str(self.bus.last_seq))
             self.store.close()
             self.store = None
         if self.broker:
@@ -210,25 +255,41 @@ class Backend:
 
     def statistics(self) -> dict[str, Any]:
         """The stats-updated payload, from the store's exact counters."""
-        return statistics(self.store.counts() if self.store else None, self._active_consumers())
+        return statistics(self.store.counts() if self.store else None, self.active_consumers())
 
-    def _active_consumers(self) -> int:
-        return self.pool.active_count if self.pool else 0
+    def active_consumers(self) -> int:
+        return self.directory.active_count()
+
+    def consumers(self) -> list[ConsumerSnapshot]:
+        """Every consumer of the cluster; with Apache Kafka, partitions as the broker assigned them."""
+        snapshots = self.directory.snapshots()
+        if self.membership is not None:
+            return self.membership.overlay(snapshots)
+        return snapshots
 
     def health(self) -> Health:
-        """200-worthy once consumers have reached the broker; the reason otherwise."""
+        """200-worthy once the view has caught up and the consumers have reached the broker."""
         reachable = self.probe.reachable if self.probe else False
         reason: str | None = None
-        if self.pool is None or self.probe is None:
+        reader = self.reader
+        if reader is None or self.probe is None:
             reason = "starting"
         elif not reachable:
             reason = self.probe.reason or "broker unreachable"
-        elif not self.pool.all_polled():
+        elif reader.problem:
+            reason = reader.problem
+        elif not reader.caught_up.is_set():
+            reason = f"reading the events topic ({reader.behind()} records behind)"
+        elif self.settings.runs_workers and not self.directory.active() and self.settings.consumer_count:
+            reason = "consumers are starting"
+        elif not self.directory.all_polled():
             reason = "consumers are connecting to the broker"
         elif self.store is not None and self.store.problem:
             reason = f"records cannot be stored: {self.store.problem}"
+        elif self.membership is not None and self.membership.unassigned_reason():
+            reason = self.membership.unassigned_reason()
         else:
-            reason = self.progress.stalled(self.pool.snapshots())
+            reason = self.progress.stalled(self.consumers())
         return Health(reason is None, reason, self.bootstrap, reachable)
 
     def http_serving(self) -> bool:
@@ -243,20 +304,61 @@ class Backend:
     # --- operations ---------------------------------------------------------------------------
 
     def start_consumer(self) -> str:
-        """One more consumer; LimitReached when MAX_CONSUMERS are running (each is a thread and sockets)."""
-        assert self.pool is not None
+        """One more consumer, on the worker running the fewest; LimitReached at MAX_CONSUMERS.
+
+        The view writes a ``start`` command to the control topic and answers once the worker's
+        report shows the consumer ACTIVE in the events topic (CommandTimeout otherwise).
+        """
         with self._consumers_lock:  # two requests at once must not both take the last place
-            running = self.pool.active_count
+            running = self.directory.active_count()
             if running >= self.settings.max_consumers:
                 raise LimitReached(
                     f"{running} consumers are running, the most allowed (MAX_CONSUMERS="
                     f"{self.settings.max_consumers}): stop one before starting another"
                 )
-            return self.pool.spawn()
+            worker_id = self._least_busy_worker()
+            suffix = "" if self.settings.role == "all" else f"-{self.instance}"
+            consumer_id = free_consumer_ids(self.directory, 1, set(), suffix)[0]
+            self._command(Command(event_log.START, consumer_id, worker_id, uuid.uuid4().hex))
+            self._await_status(consumer_id, events.ACTIVE)
+            return consumer_id
 
     def stop_consumer(self, consumer_id: str) -> bool:
-        assert self.pool is not None
-        return self.pool.stop_consumer(consumer_id)
+        """Stop a running consumer wherever it runs; False when no ACTIVE consumer has that id."""
+        entry = self.directory.entry(consumer_id)
+        if entry is None or entry.status != events.ACTIVE:
+            return False
+        self._command(Command(event_log.STOP, consumer_id, entry.worker_id, uuid.uuid4().hex))
+        self._await_status(consumer_id, events.INACTIVE)
+        return True
+
+    def _least_busy_worker(self) -> str:
+        running = Counter(entry.worker_id for entry in self.directory.active())
+        workers = [w.worker_id for w in self.directory.workers() if w.status == "up"]
+        if not workers:
+            raise LimitReached("no worker process is running: start one (BACKEND_ROLE=worker)")
+        return min(workers, key=lambda worker_id: (running[worker_id], worker_id))
+
+    def _command(self, command: Command) -> None:
+        self.producer().send(
+            self.settings.control_topic, value=event_log.encode_command(command), partition=0
+        ).get(timeout=15)
+
+    def _await_status(self, consumer_id: str, status: str) -> None:
+        deadline = time.monotonic() + COMMAND_WAIT_S
+        while time.monotonic() < deadline:
+            entry = self.directory.entry(consumer_id)
+            if entry is not None and entry.status == status:
+                return
+            time.sleep(0.02)
+        raise CommandTimeout(
+            f"no worker answered within {COMMAND_WAIT_S:.0f} s: {consumer_id} is not {status}"
+        )
+
+    def _write_events_record(self, kind: str, value: bytes) -> None:
+        self.producer().send(
+            self.settings.events_topic, value=value, headers=event_log.headers_for(kind), partition=0
+        ).get(timeout=15)
 
     def produce(self, topic: str, value: bytes, data_type: str, key: bytes | None = None) -> Produced:
         """Send one record with its data-type header, creating the topic when missing."""

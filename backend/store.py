@@ -36,7 +36,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,6 +426,10 @@ def _as_stored(rows: list[LogRow], outcomes: list[Saved]) -> Iterator[tuple[LogR
             yield row, FAILED
 
 
+def _write_meta(cursor: sqlite3.Cursor, values: dict[str, str]) -> None:
+    cursor.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+
+
 def as_failed(row: LogRow, reason: str) -> LogRow:
     """The FAILED row stored in place of one the store refused: no payload, the reason as error."""
     error = reason if not row.error else f"{reason}; {row.error[:1000]}"
@@ -746,8 +750,13 @@ class Store:
         """
         return [outcome.new for outcome in self.save_outcomes(rows)]
 
-    def save_outcomes(self, rows: list[LogRow]) -> list[Saved]:
+    def save_outcomes(
+        self, rows: list[LogRow], meta: Callable[[list[Saved]], dict[str, str]] | None = None
+    ) -> list[Saved]:
         """Store outcomes in one transaction; per row, what was done (see :class:`Saved`).
+
+        ``meta``: given what was done, the meta values to write in the same transaction (a view's
+        position in the events topic and its last ``seq``, so that both always match the rows).
 
         The common case (no row stored before, every row storable) is one executemany. A row that
         SQLite refuses (e.g. a value over its length limit) never holds back the others: the batch
@@ -755,6 +764,8 @@ class Store:
         cannot write at all raises :class:`StoreUnavailable` with nothing stored or counted.
         """
         if not rows:
+            if meta is not None:
+                self.set_meta_many(meta([]))
             return []
         prepared = [_prepare(row) for row in rows]
         with self._transaction() as cursor:
@@ -765,6 +776,8 @@ class Store:
                 cursor.execute("BEGIN IMMEDIATE")
                 outcomes = self._insert_each(cursor, prepared, self._present_locked(cursor, rows))
             aggregates.add(cursor, _as_stored(rows, outcomes))
+            if meta is not None:
+                _write_meta(cursor, meta(outcomes))
             self._rows_since_checkpoint += sum(outcome.new for outcome in outcomes)
         self._count(rows, outcomes)
         return outcomes
@@ -879,8 +892,12 @@ class Store:
         return aggregates.prune(self, self.retention, now)
 
     def set_meta(self, key: str, value: str) -> None:
+        self.set_meta_many({key: value})
+
+    def set_meta_many(self, values: dict[str, str]) -> None:
+        """Several meta values in one transaction."""
         with self._transaction() as cursor:
-            cursor.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            _write_meta(cursor, values)
 
     def get_meta(self, key: str) -> str | None:
         row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -50,7 +50,7 @@ class LocalSource:
             broker_reachable=health.broker_reachable,
             healthy=health.ok,
             reason=health.reason,
-            active_consumers=self.backend.pool.active_count if self.backend.pool else 0,
+            active_consumers=self.backend.active_consumers(),
             gateway_url=self.gateway_url() if self.gateway_serving() else None,
             gateway_clients=self.gateway_clients(),
         )
@@ -89,8 +89,6 @@ class LocalSource:
         return {"url": url, "ticket": ticket, "sameHost": bound_to_all}
 
     def consumers(self) -> list[ConsumerView]:
-        if self.backend.pool is None:
-            return []
         return [
             ConsumerView(
                 snap.consumer_id,
@@ -106,7 +104,7 @@ class LocalSource:
                 snap.started_at,
                 snap.last_error,
             )
-            for snap in self.backend.pool.snapshots()
+            for snap in self.backend.consumers()
         ]
 
     def start_consumer(self) -> str:

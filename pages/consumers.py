@@ -67,10 +67,12 @@ def consumers_view() -> None:
     actions = st.container(horizontal=True, vertical_alignment="center", gap="medium")
     if actions.button("Start a consumer", type="primary", icon=":material/add:", key="consumer_start"):
         with st.spinner("Starting…"):
-            new_id = src.start_consumer()
-        st.session_state["consumer_notice"] = (
-            f"Started {new_id}; it joins the group and takes over partitions."
-        )
+            try:
+                new_id = src.start_consumer()
+                notice = f"Started {new_id}; it joins the group and takes over partitions."
+            except Exception as exc:  # MAX_CONSUMERS reached, no worker answered, backend away
+                notice = f"No consumer was started: {exc}"
+        st.session_state["consumer_notice"] = notice
     notice = st.session_state.get("consumer_notice")
     if notice:
         actions.caption(notice)
@@ -121,10 +123,12 @@ def consumers_view() -> None:
             )
             if st.button("Stop", icon=":material/stop_circle:", key="consumer_stop"):
                 with st.spinner(f"Stopping {victim}…"):
-                    src.stop_consumer(victim)
-                st.session_state["consumer_notice"] = (
-                    f"Stopped {victim}; the others take over its partitions."
-                )
+                    try:
+                        src.stop_consumer(victim)
+                        notice = f"Stopped {victim}; the others take over its partitions."
+                    except Exception as exc:  # its worker did not answer, backend away
+                        notice = f"{victim} was not stopped: {exc}"
+                st.session_state["consumer_notice"] = notice
                 st.rerun(scope="fragment")
 
     partitions = [

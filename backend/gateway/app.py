@@ -34,7 +34,7 @@ from backend.gateway.http_policy import (
     require_token,
 )
 from backend.gateway.transport import MAX_INBOUND_BYTES
-from backend.limits import LimitReached
+from backend.limits import CommandTimeout, LimitReached
 from backend.wire import (
     ConsumerBody,
     HealthBody,
@@ -141,7 +141,7 @@ def logs(
     responses={200: {"model": list[ConsumerBody], "description": "The consumers"}},
 )
 def consumers(backend: BackendDep) -> list[dict[str, Any]]:
-    return [snapshot.to_api() for snapshot in backend.pool.snapshots()] if backend.pool else []
+    return [snapshot.to_api() for snapshot in backend.consumers()]
 
 
 @router.post(
@@ -152,7 +152,8 @@ def consumers(backend: BackendDep) -> list[dict[str, Any]]:
     response_model=None,
     responses={
         201: {"model": StartedConsumerBody, "description": "Started"},
-        429: error_doc("MAX_CONSUMERS consumers are running; nothing was started"),
+        429: error_doc("MAX_CONSUMERS consumers are running, or no worker runs; nothing was started"),
+        504: error_doc("No worker answered in time (the command stays; the consumer may still start)"),
     },
 )
 def start_consumer(backend: BackendDep) -> dict[str, str]:
@@ -160,6 +161,8 @@ def start_consumer(backend: BackendDep) -> dict[str, str]:
         return {"consumerId": backend.start_consumer()}
     except LimitReached as exc:
         raise HTTPException(429, exc.reason) from None
+    except CommandTimeout as exc:
+        raise HTTPException(504, str(exc)) from None
 
 
 @router.delete(
@@ -170,10 +173,15 @@ def start_consumer(backend: BackendDep) -> dict[str, str]:
     responses={
         200: {"model": StoppedConsumerBody, "description": "Stopped"},
         404: error_doc("No running consumer has this id"),
+        504: error_doc("Its worker did not answer in time"),
     },
 )
 def stop_consumer(consumerId: str, backend: BackendDep) -> dict[str, str]:  # noqa: N803 - the contract's name
-    if len(consumerId) > 100 or not backend.stop_consumer(consumerId):
+    try:
+        stopped = len(consumerId) <= 100 and backend.stop_consumer(consumerId)
+    except CommandTimeout as exc:
+        raise HTTPException(504, str(exc)) from None
+    if not stopped:
         raise HTTPException(404, f"no running consumer {consumerId[:100]!r}")
     return {"consumerId": consumerId, "status": events.INACTIVE}
 
