@@ -354,6 +354,21 @@ def test_worker_role_without_a_cluster_is_one_clear_line(tmp_path: Path) -> None
     assert not (tmp_path / "data").exists()  # no store, no instance id, nothing started
 
 
+def test_worker_role_with_an_unreachable_cluster_is_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "backend"],
+        cwd=ROOT,
+        env=backend_env(tmp_path, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1: ")
+    assert not (tmp_path / "data").exists()
+
+
 def test_worker_role_runs_only_workers_and_stops_them_on_sigterm(tmp_path: Path, kafka) -> None:
     log_path = tmp_path / "stderr.log"
     with open(log_path, "wb") as stderr:
