@@ -1,6 +1,7 @@
 """``python -m backend``: consumers, event gateway and producer API, headless.
 
-Stops cleanly on SIGINT/SIGTERM. A bad setting ends start-up with one line
+With ``BACKEND_ROLE=worker`` only the worker processes (backend/supervisor.py): no HTTP, no store,
+no broker. Stops cleanly on SIGINT/SIGTERM. A bad setting ends start-up with one line
 naming the variable (exit code 2), never a traceback.
 """
 
@@ -13,7 +14,12 @@ import sys
 import threading
 
 from backend.config import ConfigError, Settings
-from backend.service import Backend, keep_startup_objects_out_of_gc
+from backend.service import Backend, discover_cluster_id, keep_startup_objects_out_of_gc
+from backend.supervisor import WorkerSupervisor, instance_id
+
+NO_BOOTSTRAP_FOR_WORKERS = (
+    "BACKEND_ROLE=worker needs KAFKA_BOOTSTRAP_SERVERS (the embedded broker runs inside BACKEND_ROLE=all)"
+)
 
 
 def main() -> int:
@@ -28,7 +34,10 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        backend = Backend(Settings.from_env()).start()
+        settings = Settings.from_env()
+        if settings.role == "worker":
+            return run_workers(settings, stop)
+        backend = Backend(settings).start()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -44,6 +53,26 @@ def main() -> int:
     )
     stop.wait()
     backend.stop()
+    return 0
+
+
+def run_workers(settings: Settings, stop: threading.Event) -> int:
+    """BACKEND_ROLE=worker: supervise the worker children until ``stop``; the cluster must exist already.
+
+    Raises ConfigError for a missing or unreachable cluster (one line, exit code 2 in ``main``).
+    """
+    if not settings.bootstrap_servers:
+        raise ConfigError(NO_BOOTSTRAP_FOR_WORKERS)
+    cluster_id = discover_cluster_id(settings)
+    instance = instance_id(settings.data_dir)
+    supervisor = WorkerSupervisor(settings, settings.bootstrap_servers, cluster_id, instance).start()
+    print(
+        f"Workers ready: {settings.worker_count} worker process(es) of instance {instance}, group "
+        f"{settings.group_id}, broker {settings.bootstrap_servers}: {supervisor.describe()}",
+        flush=True,
+    )
+    stop.wait()
+    supervisor.stop()
     return 0
 
 

@@ -56,6 +56,17 @@ def test_topics_as_list_or_regex() -> None:
         ({"MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
         ({"MAX_CREATED_TOPICS": "-1"}, "MAX_CREATED_TOPICS"),
         ({"MAX_CONSUMERS": "0"}, "MAX_CONSUMERS"),
+        ({"BACKEND_ROLE": "dashboard"}, "BACKEND_ROLE"),
+        ({"BACKEND_ROLE": "all,worker"}, "BACKEND_ROLE"),
+        ({"WORKERS": "0"}, "WORKERS"),
+        ({"WORKERS": "65"}, "WORKERS"),
+        ({"WORKERS": "two"}, "WORKERS"),
+        ({"WORKERS": "1.5"}, "WORKERS"),
+        ({"EVENTS_TOPIC": "bad topic!"}, "EVENTS_TOPIC"),
+        ({"EVENTS_TOPIC": ".."}, "EVENTS_TOPIC"),
+        ({"EVENTS_TOPIC": "e" * 241}, "EVENTS_TOPIC"),  # no room left for ".control"
+        ({"EVENTS_TOPIC": "e" * 250}, "EVENTS_TOPIC"),
+        ({"EVENTS_TOPIC": "événements"}, "EVENTS_TOPIC"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -63,6 +74,51 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
         Settings.from_env(env)
     message = str(caught.value)
     assert message.startswith(variable) and "\n" not in message
+
+
+def test_roles_and_workers() -> None:
+    default = Settings.from_env({})
+    assert (default.role, default.runs_view, default.runs_workers) == ("all", True, True)
+    worker = Settings.from_env(
+        {"BACKEND_ROLE": " Worker ", "KAFKA_BOOTSTRAP_SERVERS": "k:9092", "WORKERS": "5"}
+    )
+    assert (worker.role, worker.runs_view, worker.runs_workers, worker.worker_count) == (
+        "worker",
+        False,
+        True,
+        5,
+    )
+    view = Settings.from_env({"BACKEND_ROLE": "view", "KAFKA_BOOTSTRAP_SERVERS": "k:9092"})
+    assert (view.runs_view, view.runs_workers) == (True, False)
+    cores = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "CONSUMER_COUNT": "64"})
+    assert cores.workers is None and 1 <= cores.worker_count <= 64  # the CPU cores by default
+    assert Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "CONSUMER_COUNT": "1"}).worker_count == 1
+    assert Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "CONSUMER_COUNT": "0"}).worker_count == 1
+
+
+def test_the_embedded_broker_has_one_worker_and_children_know_it_is_embedded() -> None:
+    own = Settings.from_env({"WORKERS": "4"})
+    assert (own.embedded, own.starts_broker, own.worker_count) == (True, True, 1)
+    child = Settings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:4000", "EMBEDDED_BROKER": "1", "WORKERS": "4"}
+    )
+    assert (child.embedded, child.starts_broker, child.worker_count) == (True, False, 1)
+    other = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:4000", "EMBEDDED_BROKER": "0"})
+    assert (other.embedded, other.starts_broker) == (False, False)
+
+
+def test_the_events_topics_are_never_sources() -> None:
+    default = Settings.from_env({"KAFKA_GROUP_ID": "team", "KAFKA_TOPICS": "re:.*"})
+    assert (default.events_topic, default.control_topic) == ("_team.events", "_team.events.control")
+    named = Settings.from_env({"EVENTS_TOPIC": "dashboard-events", "KAFKA_TOPICS": "re:.*"})
+    assert (named.events_topic, named.control_topic) == ("dashboard-events", "dashboard-events.control")
+    assert named.topic_matches("orders")
+    assert not named.topic_matches("dashboard-events") and not named.topic_matches("dashboard-events.control")
+    listed = Settings.from_env({"EVENTS_TOPIC": "ev", "KAFKA_TOPICS": "orders,ev,ev.control"})
+    assert listed.topic_matches("orders") and not listed.topic_matches("ev")
+    assert not listed.topic_matches("ev.control")
+    longest = Settings.from_env({"EVENTS_TOPIC": "e" * 240})
+    assert len(longest.control_topic) == 248  # still a valid topic name
 
 
 def test_security_options_reach_the_kafka_clients() -> None:
