@@ -107,9 +107,14 @@ def plan_consumers(role: str, consumer_count: int, workers: int, instance: str) 
     if workers < 1:
         raise ValueError(f"workers={workers}: at least one worker process is needed")
     suffix = f"-{instance}" if role == "worker" else ""
+    return spread([f"consumer-{number}{suffix}" for number in range(1, consumer_count + 1)], workers)
+
+
+def spread(consumer_ids: list[str], workers: int) -> list[list[str]]:
+    """Consumer ids round-robin over ``workers`` children (child i gets the i-th, the i+workers-th...)."""
     plan: list[list[str]] = [[] for _ in range(workers)]
-    for number in range(1, consumer_count + 1):
-        plan[(number - 1) % workers].append(f"consumer-{number}{suffix}")
+    for index, consumer_id in enumerate(consumer_ids):
+        plan[index % workers].append(consumer_id)
     return plan
 
 
@@ -152,14 +157,19 @@ class WorkerSupervisor:
         instance: str,
         on_exit: ExitCallback | None = None,
         command: list[str] | None = None,
+        consumers: list[list[str]] | None = None,
     ) -> None:
+        """``consumers``: the ids each child starts with (default :func:`plan_consumers`; a view
+        chooses names no other instance of the group uses)."""
         self.settings = settings
         self.bootstrap = bootstrap
         self.cluster_id = cluster_id
         self.instance = instance
         self._on_exit = on_exit
         self._command = command or [sys.executable, "-m", "backend.worker"]
-        plan = plan_consumers(settings.role, settings.consumer_count, settings.worker_count, instance)
+        plan = consumers or plan_consumers(
+            settings.role, settings.consumer_count, settings.worker_count, instance
+        )
         self._children = [_Child(f"{instance}-w{i + 1}", tuple(ids)) for i, ids in enumerate(plan)]
         self._lock = threading.Lock()
         self._stopping = threading.Event()
