@@ -74,7 +74,7 @@ class MembershipWatcher(threading.Thread):
             except Exception:
                 log.warning("comparing the group with the consumers failed", exc_info=True)
 
-    def _members(self, state: GroupState) -> set[str]:
+    def _members(self, state: GroupState) -> set[str | None]:
         return {consumer_id_of(m.client_id, self.settings.group_id) for m in state.members}
 
     def _compare(self, state: GroupState, now: float) -> None:
@@ -128,13 +128,17 @@ class MembershipWatcher(threading.Thread):
             return snapshots
         by_id = {snapshot.consumer_id: snapshot for snapshot in snapshots}
         for member in state.members:
-            consumer_id = consumer_id_of(member.client_id, self.settings.group_id)
+            consumer_id = consumer_id_of(member.client_id, self.settings.group_id) or member.client_id
             snapshot = by_id.get(consumer_id)
             if snapshot is None:
                 snapshot = by_id[consumer_id] = ConsumerSnapshot(consumer_id, events.ACTIVE)
                 snapshots.append(snapshot)
-            snapshot.partitions = {
-                name: PartitionState(state.committed.get(name), state.ends.get(name))
-                for name in sorted(member.partitions)
-            }
+            snapshot.partitions = {name: _partition_state(state, name) for name in sorted(member.partitions)}
         return snapshots
+
+
+def _partition_state(state: GroupState, name: str) -> PartitionState:
+    offsets = state.partitions.get(name)
+    if offsets is None:
+        return PartitionState()
+    return PartitionState(offsets.committed, offsets.end)
