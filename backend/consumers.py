@@ -364,9 +364,8 @@ class ConsumerWorker(threading.Thread):
             return
         except Exception as exc:
             self._store_failed(exc)
-            owned = consumer.assignment()
-            for tp, records in batch.items():
-                if records and tp in owned:  # a rebalance may have taken it meanwhile
+            for tp, records in batch.items():  # still ours: only poll() changes the assignment
+                if records:
                     consumer.seek(tp, records[0].offset)
             self._stopping.wait(self._retry_s)
             return
