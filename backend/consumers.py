@@ -11,6 +11,7 @@ redelivered records are skipped.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -19,14 +20,28 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.structs import OffsetAndMetadata
 
 from backend import events, wire
 from backend.config import Settings
+from backend.handoff import Handoff, HandoffFenced
 from backend.log_end import LogEndOffsets, partition_name
-from backend.pipeline import Pipeline
+from backend.pipeline import Pipeline, tally
+
+try:
+    from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+except ImportError:  # an older kafka-python: round robin alone still spreads every topic
+    StickyPartitionAssignor = None
 
 log = logging.getLogger(__name__)
+
+#: ``handoff_factory(consumer_id, slot)``: the handoff of a worker's consumer (see backend.handoff).
+HandoffFactory = Callable[[str, int], Handoff]
+#: Called with a consumer's snapshot when what it reports changed (see ConsumerWorker._report).
+Report = Callable[["ConsumerSnapshot"], None]
+#: While only positions and counters move, a consumer reports at most this often.
+REPORT_INTERVAL_S = 1.0
 
 POLL_TIMEOUT_MS = 100
 MAX_POLL_RECORDS = 500
@@ -65,8 +80,20 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         "metadata_max_age_ms": 2_000,
         "reconnect_backoff_max_ms": 2_000,
         "request_timeout_ms": 15_000,
+        "partition_assignment_strategy": assignors(),
         **settings.kafka_client_options(),
     }
+
+
+def assignors() -> tuple[type, ...]:
+    """Sticky first (moves as few partitions as possible), round robin when a member lacks it.
+
+    Both spread partitions over all members across topics; the range assignor (kafka-python's
+    default) assigns topic by topic, so with topics of 3 partitions a 4th consumer got nothing.
+    """
+    if StickyPartitionAssignor is None:
+        return (RoundRobinPartitionAssignor,)
+    return (StickyPartitionAssignor, RoundRobinPartitionAssignor)
 
 
 @dataclass
@@ -94,6 +121,8 @@ class ConsumerSnapshot:
     failed: int = 0
     started_at: str | None = None
     last_error: str | None = None
+    polled: bool = False  # it has completed a poll against the broker
+    reason: str | None = None  # why it is INACTIVE, when known (stopped, fenced...)
 
     def to_api(self) -> dict[str, Any]:
         """The REST API's consumer object (:class:`backend.wire.ConsumerBody`)."""
@@ -106,6 +135,12 @@ class ConsumerSnapshot:
 def _partition_sort_key(name: str) -> tuple[str, int]:
     topic, _, number = name.rpartition("-")
     return topic, int(number) if number.isdigit() else -1
+
+
+def consumer_sort_key(consumer_id: str) -> tuple[tuple[int, str], ...]:
+    """Natural order: consumer-2 before consumer-10, and any name (consumer-3-ab12cd34) sorts."""
+    parts = re.split(r"(\d+)", consumer_id)
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in parts)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -133,10 +168,25 @@ class ConsumerWorker(threading.Thread):
 
     It knows the pipeline it feeds and how to reach the broker, not the pool that started it.
     ``assign_mode``: the pool hands it partitions (:meth:`assign`) instead of a group subscription.
+    ``handoff_factory`` (a worker process): each batch becomes rows (``Pipeline.rows_for``) that a
+    :class:`backend.handoff.Handoff` takes to the events topic with the batch's offsets, instead
+    of ``Pipeline.handle`` storing them here and ``commit_async``. ``slot``: the lowest index no
+    other live consumer of this pool holds (it names the handoff's transactional id).
+    ``report``: called with a snapshot when status, partitions or ``polled`` changed, and at most
+    once a second while only positions and counters move.
     """
 
     def __init__(
-        self, consumer_id: str, settings: Settings, bootstrap: str, pipeline: Pipeline, assign_mode: bool
+        self,
+        consumer_id: str,
+        settings: Settings,
+        bootstrap: str,
+        pipeline: Pipeline,
+        assign_mode: bool,
+        *,
+        slot: int = 0,
+        handoff_factory: HandoffFactory | None = None,
+        report: Report | None = None,
     ) -> None:
         super().__init__(name=consumer_id, daemon=True)
         self.consumer_id = consumer_id
@@ -144,6 +194,12 @@ class ConsumerWorker(threading.Thread):
         self.bootstrap = bootstrap
         self.pipeline = pipeline
         self.assign_mode = assign_mode
+        self.slot = slot
+        self.handoff_factory = handoff_factory
+        self.report = report
+        self._handoff: Handoff | None = None
+        self._reported: tuple[Any, ...] | None = None  # what the last report said (see _report)
+        self._reported_at = 0.0
         self.snapshot = ConsumerSnapshot(consumer_id, events.ACTIVE, started_at=events.now_iso())
         self.joined = False
         self.polled = threading.Event()
@@ -183,15 +239,20 @@ class ConsumerWorker(threading.Thread):
                 self.snapshot.failed,
                 self.snapshot.started_at,
                 self.snapshot.last_error,
+                self.polled.is_set(),
+                self.snapshot.reason,
             )
 
     def run(self) -> None:
+        self._report(force=True)
         try:
             consumer = self._open()
         except Exception as exc:
             self._fail(f"could not create the consumer: {exc}")
+            self._finish("could not create the consumer")
             return
         try:
+            self._open_handoff()
             self._loop(consumer)
         finally:
             self._final_commit(consumer)
@@ -199,10 +260,53 @@ class ConsumerWorker(threading.Thread):
                 consumer.close(autocommit=False)
             except Exception:
                 log.warning("%s: error while closing", self.consumer_id, exc_info=True)
-            with self._lock:
-                self.snapshot.status = events.INACTIVE
-                self.snapshot.partitions = {}
-            self._applied.set()
+            self._close_handoff()
+            self._finish(self.snapshot.reason or "stopped")
+
+    def _finish(self, reason: str) -> None:
+        """INACTIVE, holding nothing; reported (the last report of this consumer)."""
+        with self._lock:
+            self.snapshot.status = events.INACTIVE
+            self.snapshot.partitions = {}
+            self.snapshot.reason = reason
+        self._applied.set()
+        self._report(force=True)
+
+    def _report(self, force: bool = False) -> None:
+        """Tell ``report`` what changed: at once for status, partitions, polled; else once a second."""
+        if self.report is None:
+            return
+        view = self.view()
+        shape = (view.status, tuple(sorted(view.partitions)), view.polled, view.last_error)
+        positions = tuple((s.position, s.highwater) for s in view.partitions.values())
+        moving = (positions, view.processed, view.failed)
+        now = time.monotonic()
+        last = self._reported
+        unchanged = last is not None and shape == last[0]
+        if unchanged and not force and (moving == last[1] or now - self._reported_at < REPORT_INTERVAL_S):
+            return
+        self._reported, self._reported_at = (shape, moving), now
+        try:
+            self.report(view)
+        except Exception:
+            log.warning("%s: could not report its state", self.consumer_id, exc_info=True)
+
+    def _open_handoff(self) -> None:
+        """Create the handoff now: a transactional one fences a dead predecessor before we read."""
+        if self.handoff_factory is None or self._handoff is not None:
+            return
+        try:
+            self._handoff = self.handoff_factory(self.consumer_id, self.slot)
+        except Exception as exc:  # the broker is away: the first batch tries again
+            self._fail(f"could not create the events-topic producer: {exc}")
+
+    def _close_handoff(self) -> None:
+        if self._handoff is not None:
+            try:
+                self._handoff.close()
+            except Exception:
+                log.warning("%s: error while closing its producer", self.consumer_id, exc_info=True)
+            self._handoff = None
 
     def _open(self) -> KafkaConsumer:
         settings = self.settings
@@ -241,6 +345,7 @@ class ConsumerWorker(threading.Thread):
             if batch:
                 self._handle_or_rewind(consumer, batch)
             self._update_positions(consumer)
+            self._report()
 
     def _handle_or_rewind(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         """Handle a batch; if storing fails (disk full, I/O error), rewind, wait and read it again.
@@ -250,9 +355,16 @@ class ConsumerWorker(threading.Thread):
         """
         try:
             self._handle(consumer, batch)
+        except HandoffFenced as exc:
+            log.error("%s: stopping: %s", self.consumer_id, exc)
+            with self._lock:
+                self.snapshot.last_error = str(exc)
+                self.snapshot.reason = "fenced: another process runs this consumer's transactional id"
+            self._stopping.set()
+            return
         except Exception as exc:
             self._store_failed(exc)
-            for tp, records in batch.items():
+            for tp, records in batch.items():  # still ours: only poll() changes the assignment
                 if records:
                     consumer.seek(tp, records[0].offset)
             self._stopping.wait(self._retry_s)
@@ -263,7 +375,8 @@ class ConsumerWorker(threading.Thread):
 
     def _store_failed(self, exc: Exception) -> None:
         """Note a batch that was not stored: logged once per distinct error, not once per retry."""
-        message = f"batch not stored, will retry: {type(exc).__name__}: {exc}"
+        what = "handed over" if self.handoff_factory else "stored"
+        message = f"batch not {what}, will retry: {type(exc).__name__}: {exc}"
         if message != self._store_error:
             log.error("%s: %s", self.consumer_id, message, exc_info=log.isEnabledFor(logging.DEBUG))
             self._store_error = message
@@ -287,16 +400,33 @@ class ConsumerWorker(threading.Thread):
 
     def _handle(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         records = [record for partition_records in batch.values() for record in partition_records]
-        tally = self.pipeline.handle(self.consumer_id, records)
-        with self._lock:
-            self.snapshot.processed += tally.processed
-            self.snapshot.failed += tally.failed
         offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "", -1) for tp, recs in batch.items() if recs}
+        if self.handoff_factory is not None:
+            self._hand_off(consumer, records, offsets)
+            return
+        counts = self.pipeline.handle(self.consumer_id, records)
+        with self._lock:
+            self.snapshot.processed += counts.processed
+            self.snapshot.failed += counts.failed
         self._uncommitted.update(offsets)
         # Asynchronous: the outcomes are stored already, so a lost commit only means a
         # redelivery, and redelivered records are skipped. A synchronous commit per batch
         # cost a broker round trip per 500 records (measured: a third of the pipeline time).
         consumer.commit_async(offsets, callback=self._committed)
+
+    def _hand_off(
+        self, consumer: KafkaConsumer, records: list[Any], offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        """Worker path: rows to the events topic with the offsets (raises: the batch is read again)."""
+        if self._handoff is None:
+            self._handoff = self.handoff_factory(self.consumer_id, self.slot)  # type: ignore[misc]
+        rows = self.pipeline.rows_for(self.consumer_id, records)
+        self._handoff.send(consumer, rows, offsets)
+        counts = tally(rows, [True] * len(rows))
+        with self._lock:
+            self.snapshot.processed += counts.processed
+            self.snapshot.failed += counts.failed
+        self._uncommitted.update(offsets)
 
     def _committed(self, offsets: dict[TopicPartition, OffsetAndMetadata], result: Any) -> None:
         if isinstance(result, Exception):
@@ -331,6 +461,8 @@ class ConsumerPool:
 
     ``publish`` sends ``consumer-status-changed`` (the bus's ``publish``); ``consumers_changed`` is
     called after a consumer started or stopped (the count of active consumers moved).
+    ``handoff_factory`` and ``report``: a worker process's (see :class:`ConsumerWorker`); None
+    keeps the in-process path (the pipeline stores and announces, offsets committed async).
     """
 
     def __init__(
@@ -340,12 +472,17 @@ class ConsumerPool:
         pipeline: Pipeline,
         publish: Callable[[str, dict[str, Any]], object],
         consumers_changed: Callable[[], None],
+        *,
+        handoff_factory: HandoffFactory | None = None,
+        report: Report | None = None,
     ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.pipeline = pipeline
         self.publish = publish
         self.consumers_changed = consumers_changed
+        self.handoff_factory = handoff_factory
+        self.report = report
         self._workers: dict[str, ConsumerWorker] = {}
         self._lock = threading.Lock()
         self.assign_mode = settings.embedded
@@ -361,15 +498,28 @@ class ConsumerPool:
         for _ in range(count):
             self.spawn()
 
-    def spawn(self) -> str:
-        """Start one more consumer under the smallest free name consumer-N."""
+    def spawn(self, consumer_id: str | None = None) -> str:
+        """Start one more consumer: ``consumer_id``, or the smallest free name consumer-N.
+
+        Starting a consumer that runs already does nothing and answers its name.
+        """
         with self._lock:
-            number = 1
-            while self._is_running(f"consumer-{number}"):
-                number += 1
-            consumer_id = f"consumer-{number}"
+            if consumer_id is not None and self._is_running(consumer_id):
+                return consumer_id
+            if consumer_id is None:
+                number = 1
+                while self._is_running(f"consumer-{number}"):
+                    number += 1
+                consumer_id = f"consumer-{number}"
             worker = ConsumerWorker(
-                consumer_id, self.settings, self.bootstrap, self.pipeline, self.assign_mode
+                consumer_id,
+                self.settings,
+                self.bootstrap,
+                self.pipeline,
+                self.assign_mode,
+                slot=self._free_slot(),
+                handoff_factory=self.handoff_factory,
+                report=self.report,
             )
             self._workers[consumer_id] = worker
             worker.start()
@@ -385,6 +535,14 @@ class ConsumerPool:
     def _is_running(self, consumer_id: str) -> bool:
         worker = self._workers.get(consumer_id)
         return worker is not None and worker.is_alive()
+
+    def _free_slot(self) -> int:
+        """The lowest slot no live consumer holds (under ``_lock``): stable transactional ids."""
+        taken = {worker.slot for worker in self._workers.values() if worker.is_alive()}
+        slot = 0
+        while slot in taken:
+            slot += 1
+        return slot
 
     def stop_consumer(self, consumer_id: str, wait: float = 15.0) -> bool:
         """Stop one consumer; False when there is no running consumer of that name."""
@@ -426,12 +584,12 @@ class ConsumerPool:
         """The live workers, ordered by their number."""
         with self._lock:
             workers = [worker for worker in self._workers.values() if worker.is_alive()]
-        return sorted(workers, key=lambda w: int(w.consumer_id.rpartition("-")[2]))
+        return sorted(workers, key=lambda w: consumer_sort_key(w.consumer_id))
 
     def snapshots(self) -> list[ConsumerSnapshot]:
         """Every consumer, its lag measured against the newest log-end offset known."""
         with self._lock:
-            workers = sorted(self._workers.values(), key=lambda w: int(w.consumer_id.rpartition("-")[2]))
+            workers = sorted(self._workers.values(), key=lambda w: consumer_sort_key(w.consumer_id))
         views = [worker.view() for worker in workers]
         for view in views:
             for name, state in view.partitions.items():

@@ -138,12 +138,26 @@ def row_to_wire(row: LogRow) -> list[Any]:
     ]  # fmt: skip
 
 
+#: The row fields a view indexes or shows as they are: a wrongly typed one is refused, not stored.
+_ROW_TYPES: dict[str, type | tuple[type, ...]] = {
+    "log_id": str, "cluster_id": str, "topic": str, "partition": int, "offset": int,
+    "record_key": (str, type(None)), "data_type": str, "row_count": int, "status": str,
+    "consumer_id": (str, type(None)), "error": (str, type(None)), "produced_ms": (int, type(None)),
+    "received_ms": int, "started_ms": (int, type(None)), "completed_ms": (int, type(None)),
+    "size_bytes": (int, type(None)), "payload_json": (str, type(None)), "key_base64": (str, type(None)),
+    "headers": (list, type(None)), "value_bytes": (str, type(None)),
+}  # fmt: skip
+
+
 def row_from_wire(values: list[Any]) -> LogRow:
     if not isinstance(values, list) or len(values) != len(ROW_FIELDS):
         raise EventLogError(f"a row must be a list of {len(ROW_FIELDS)} values")
     data = dict(zip(ROW_FIELDS, values, strict=True))
+    for name, kind in _ROW_TYPES.items():
+        if not isinstance(data[name], kind) or isinstance(data[name], bool):
+            raise EventLogError(f"a row's {name} has the wrong type ({type(data[name]).__name__})")
     value = data.pop("value_bytes")
-    data["value_bytes"] = None if value is None else base64.b64decode(value)
+    data["value_bytes"] = None if value is None else base64.b64decode(value, validate=True)
     data["headers"] = data["headers"] or []
     data["headers_truncated"] = bool(data["headers_truncated"])
     return LogRow(**data)
@@ -213,9 +227,9 @@ def decode_entry(headers: list[tuple[str, bytes | None]] | None, value: bytes | 
             rows = [row_from_wire(values) for values in data["rows"]]
             return RowsEntry(str(data["worker"]), str(data["consumer"]), rows)
         if kind == CONSUMER:
-            return ConsumerReport(**_fields(data, ConsumerReport))
+            return _checked_consumer(ConsumerReport(**_fields(data, ConsumerReport)))
         if kind == WORKER:
-            return WorkerReport(**_fields(data, WorkerReport))
+            return _checked_worker(WorkerReport(**_fields(data, WorkerReport)))
     except (KeyError, TypeError, ValueError) as exc:
         raise EventLogError(f"unreadable {kind} record: {exc}") from None
     raise EventLogError(f"unknown record kind {kind!r}")
@@ -228,8 +242,37 @@ def decode_command(value: bytes | None) -> Command:
     except TypeError as exc:
         raise EventLogError(f"unreadable command: {exc}") from None
     if command.op not in (START, STOP) or not command.consumer_id:
-        raise EventLogError(f"unknown command {command.op!r}")
+        raise EventLogError(f"unknown command {str(command.op)[:40]!r}")
+    if not isinstance(command.consumer_id, str) or not isinstance(command.request_id, str):
+        raise EventLogError("a command's consumer_id and request_id must be strings")
+    if command.worker_id is not None and not isinstance(command.worker_id, str):
+        raise EventLogError("a command's worker_id must be a string")
     return command
+
+
+def _checked_consumer(report: ConsumerReport) -> ConsumerReport:
+    """Refuse a report whose fields a view would trip on (hostile or buggy writers)."""
+    if not all(isinstance(v, str) for v in (report.consumer_id, report.worker_id, report.status)):
+        raise EventLogError("a consumer report's consumer_id, worker_id and status must be strings")
+    if not isinstance(report.partitions, dict) or not all(
+        isinstance(name, str)
+        and isinstance(pair, list)
+        and len(pair) == 2
+        and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in pair)
+        for name, pair in report.partitions.items()
+    ):
+        raise EventLogError("a consumer report's partitions must map names to [position, log end]")
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (report.processed, report.failed)):
+        raise EventLogError("a consumer report's counters must be whole numbers")
+    return report
+
+
+def _checked_worker(report: WorkerReport) -> WorkerReport:
+    if not isinstance(report.worker_id, str) or not isinstance(report.status, str):
+        raise EventLogError("a worker report's worker_id and status must be strings")
+    if not isinstance(report.consumers, list) or not all(isinstance(c, str) for c in report.consumers):
+        raise EventLogError("a worker report's consumers must be a list of names")
+    return report
 
 
 def _object(value: bytes | None) -> dict[str, Any]:
@@ -241,7 +284,7 @@ def _object(value: bytes | None) -> dict[str, Any]:
         raise EventLogError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EventLogError("not a JSON object")
-    if data.get("v") != VERSION:
+    if type(data.get("v")) is not int or data.get("v") != VERSION:  # true == 1 in Python
         raise EventLogError(f"written by another version ({data.get('v')!r}; this one reads {VERSION})")
     return data
 

@@ -118,6 +118,20 @@ class Pipeline:
         self._announced: dict[str, int] = {}
         self._announced_lock = threading.Lock()
 
+    def rows_for(self, consumer_id: str, records: list[Any]) -> list[LogRow]:
+        """Decode and process every record of a batch into its row; nothing stored or announced.
+
+        The worker's path (``python -m backend.worker``): it does not know any store, so it
+        cannot skip what was stored before; the views deduplicate by ``logId`` instead. The sink
+        and ``publish`` are not used.
+        """
+        received_ms = events.now_ms()
+        rows = []
+        for record in records:
+            item = self._decode(record, self.log_id(record))
+            rows.append(self._finish(consumer_id, item, received_ms))
+        return rows
+
     def handle(self, consumer_id: str, records: list[Any]) -> Tally:
         """Process, store and announce one batch; the caller may commit its offsets afterwards.
 
