@@ -23,7 +23,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.structs import OffsetAndMetadata
 
-from backend import events, wire
+from backend import events, kafka_compat, wire  # noqa: F401 - kafka_compat fixes group rejoins on import
 from backend.config import Settings
 from backend.handoff import Handoff, HandoffFenced
 from backend.log_end import LogEndOffsets, partition_name
@@ -333,6 +333,7 @@ class ConsumerWorker(threading.Thread):
         while not self._stopping.is_set():
             if self.assign_mode and not self._apply_assignment(consumer):
                 self.polled.set()
+                self._report()  # nothing to read yet, but reachable: health waits for this
                 self._stopping.wait(POLL_TIMEOUT_MS / 1000)
                 continue
             try:
