@@ -180,6 +180,41 @@ class Settings:
             options["ssl_cafile"] = self.ssl_cafile
         return options
 
+    def worker_env(self) -> dict[str, str]:
+        """What a worker process needs of these settings, as the variables :meth:`from_env` reads.
+
+        The settings of a backend built in code (tests, the dashboard) reach its workers this way,
+        not only those that came from the environment. Unset values are given as "" (the default).
+        """
+        topics = ",".join(self.topics) if self.topics else ""
+        if not self.topics and self.topic_pattern != DEFAULT_TOPIC_PATTERN:
+            topics = f"re:{self.topic_pattern or '(?!)'}"
+        values: dict[str, object | None] = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "KAFKA_TOPICS": topics,
+            "KAFKA_GROUP_ID": self.group_id,
+            "CONSUMER_COUNT": self.consumer_count,
+            "KAFKA_SECURITY_PROTOCOL": self.security_protocol,
+            "KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+            "KAFKA_SASL_USERNAME": self.sasl_username,
+            "KAFKA_SASL_PASSWORD": self.sasl_password,
+            "KAFKA_SSL_CAFILE": self.ssl_cafile,
+            "KAFKA_ISOLATION_LEVEL": self.isolation_level,
+            "DATA_DIR": str(self.data_dir),
+            "MAX_MESSAGE_BYTES": self.max_message_bytes,
+            "PROCESSOR": self.processor,
+            "DESERIALIZER": self.deserializer,
+            "MAX_DECODED_CHARS": self.max_decoded_chars,
+            "MAX_CSV_COLUMNS": self.max_csv_columns,
+            "MAX_COLUMN_NAME_CHARS": self.max_column_name_chars,
+            "MAX_CSV_ROWS": self.max_csv_rows,
+            "MAX_JSON_DEPTH": self.max_json_depth,
+            "MAX_CONSUMERS": self.max_consumers,
+            "EVENTS_TOPIC": self.events_topic_name,
+            "BACKEND_ROLE": "worker",
+        }
+        return {name: "" if value is None else str(value) for name, value in values.items()}
+
     @property
     def host_allowlist(self) -> tuple[str, ...]:
         """The Host header names the APIs answer: ALLOWED_HOSTS, or the loopback names and GATEWAY_HOST."""

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,6 +202,25 @@ class Backend:
             consumers=spread(names, self.settings.worker_count),
         )
         self.supervisor.start()
+        # Start-up returns with the workers running (as it did with consumer threads): wait for
+        # their "up" reports, so that what follows (a start_consumer, say) finds them.
+        mine = {state.worker_id for state in self.supervisor.workers()}
+        if not self._wait(lambda: mine <= self._workers_up(), CATCH_UP_WAIT_S):
+            log.warning(
+                "worker processes not up after %.0f s: %s", CATCH_UP_WAIT_S, self.supervisor.describe()
+            )
+
+    def _workers_up(self) -> set[str]:
+        return {w.worker_id for w in self.directory.workers() if w.status == "up"}
+
+    @staticmethod
+    def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _worker_exited(self, worker_id: str, consumers: list[str], returncode: int | None) -> None:
         """A worker process died: tell every view that its consumers are out (it is restarted)."""
@@ -334,7 +354,7 @@ class Backend:
 
     def _least_busy_worker(self) -> str:
         running = Counter(entry.worker_id for entry in self.directory.active())
-        workers = [w.worker_id for w in self.directory.workers() if w.status == "up"]
+        workers = sorted(self._workers_up())
         if not workers:
             raise LimitReached("no worker process is running: start one (BACKEND_ROLE=worker)")
         return min(workers, key=lambda worker_id: (running[worker_id], worker_id))
@@ -345,12 +365,12 @@ class Backend:
         ).get(timeout=15)
 
     def _await_status(self, consumer_id: str, status: str) -> None:
-        deadline = time.monotonic() + COMMAND_WAIT_S
-        while time.monotonic() < deadline:
+        def reached() -> bool:
             entry = self.directory.entry(consumer_id)
-            if entry is not None and entry.status == status:
-                return
-            time.sleep(0.02)
+            return entry is not None and entry.status == status
+
+        if self._wait(reached, COMMAND_WAIT_S):
+            return
         raise CommandTimeout(
             f"no worker answered within {COMMAND_WAIT_S:.0f} s: {consumer_id} is not {status}"
         )

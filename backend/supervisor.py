@@ -235,8 +235,10 @@ class WorkerSupervisor:
         )
 
     def child_env(self, worker_id: str, consumers: tuple[str, ...]) -> dict[str, str]:
-        """The parent's environment plus what tells a worker who it is and where the cluster is."""
+        """The parent's environment, its settings (a backend built in code has settings that are not
+        in the environment), and what tells a worker who it is and where the cluster is."""
         env = dict(os.environ)
+        env.update(self.settings.worker_env())
         env.update(
             WORKER_ID=worker_id,
             WORKER_CONSUMERS=",".join(consumers),
