@@ -112,24 +112,39 @@ class TransactionalHandoff:
         self.worker_id = worker_id
         self.consumer_id = consumer_id
         self.transactional_id = transactional_id
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            transactional_id=transactional_id,
+        self._bootstrap = bootstrap
+        self._settings = settings
+        self._producer: KafkaProducer | None = self._open()
+
+    def _open(self) -> KafkaProducer:
+        """A producer for the transactional id; ``init_transactions`` aborts whatever it left open."""
+        producer = KafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            transactional_id=self.transactional_id,
             transaction_timeout_ms=10_000,
             # A transaction begun right after the last one's commit is refused (CONCURRENT_TRANSACTIONS)
             # until the broker wrote its markers; kafka-python sleeps this long before the retry.
             retry_backoff_ms=20,
-            client_id=transactional_id,
-            **producer_options(settings),
+            client_id=self.transactional_id,
+            **producer_options(self._settings),
         )
         try:
-            self._producer.init_transactions()  # fences (aborts) a dead predecessor's transaction
+            producer.init_transactions()  # fences (aborts) a dead predecessor's transaction
         except Exception:
-            self._producer.close(timeout=1)
+            producer.close(timeout=1)
             raise
+        return producer
 
     def send(self, consumer: KafkaConsumer, rows: list[LogRow], offsets: Offsets) -> None:
-        """Begin, write the rows, add the offsets, commit; abort and raise on any error."""
+        """Begin, write the rows, add the offsets, commit; abort and raise on any error.
+
+        After an error the producer is replaced by a new one before the next batch: a transactional
+        producer that lost its broker mid-transaction can stay in an error state for good (seen:
+        a broker restart left every batch failing), and the new one's ``init_transactions`` aborts
+        what the old one left open.
+        """
+        if self._producer is None:
+            self._producer = self._open()
         producer = self._producer
         headers = event_log.headers_for(event_log.ROWS)
         try:
@@ -143,19 +158,26 @@ class TransactionalHandoff:
                 f"transactional id {self.transactional_id} was taken over by another process ({exc})"
             ) from None
         except Exception:
-            self._abort()
+            self._discard()
             raise
 
-    def _abort(self) -> None:
+    def _discard(self) -> None:
+        """Drop the producer after a failed batch (the next batch opens a new one)."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
         try:
-            self._producer.abort_transaction()
-        except (ProducerFencedError, InvalidProducerEpochError) as exc:
-            raise HandoffFenced(f"transactional id {self.transactional_id} was fenced ({exc})") from None
-        except Exception as exc:  # no open transaction, or the broker is away: the retry sorts it out
+            producer.abort_transaction()
+        except Exception as exc:  # no open transaction, or the broker is away: init_transactions sorts it out
             log.info("%s: abort failed (%s)", self.consumer_id, exc)
+        try:
+            producer.close(timeout=1)
+        except Exception:
+            log.debug("closing a failed producer", exc_info=True)
 
     def close(self) -> None:
-        self._producer.close(timeout=5)
+        if self._producer is not None:
+            self._producer.close(timeout=5)
 
 
 class PlainHandoff:

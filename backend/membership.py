@@ -133,12 +133,20 @@ class MembershipWatcher(threading.Thread):
             if snapshot is None:
                 snapshot = by_id[consumer_id] = ConsumerSnapshot(consumer_id, events.ACTIVE)
                 snapshots.append(snapshot)
-            snapshot.partitions = {name: _partition_state(state, name) for name in sorted(member.partitions)}
+            reported = snapshot.partitions
+            snapshot.partitions = {
+                name: _partition_state(state, name, reported.get(name)) for name in sorted(member.partitions)
+            }
         return snapshots
 
 
-def _partition_state(state: GroupState, name: str) -> PartitionState:
+def _partition_state(state: GroupState, name: str, reported: PartitionState | None) -> PartitionState:
+    """The group's committed offset against the log end; before any commit, the worker's position."""
     offsets = state.partitions.get(name)
     if offsets is None:
-        return PartitionState()
-    return PartitionState(offsets.committed, offsets.end)
+        return reported or PartitionState()
+    position = offsets.committed
+    if position is None and reported is not None:
+        position = reported.position
+    end = offsets.end if offsets.end is not None else (reported.highwater if reported else None)
+    return PartitionState(position, end)

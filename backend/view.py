@@ -195,6 +195,9 @@ class EventsReader(threading.Thread):
                 continue
             try:
                 self._loop(consumer)
+            except Exception:  # never die: a view that stops reading would serve stale data for good
+                log.exception("reading %s failed; reading again", self.settings.events_topic)
+                self._stopping.wait(1.0)
             finally:
                 consumer.close(autocommit=False)
 
@@ -244,8 +247,18 @@ class EventsReader(threading.Thread):
                 retry_s = 0.0
             else:
                 self.problem = None
-                if self._target is not None and consumer.position(tp) >= self._target:
-                    self.caught_up.set()  # position, not the last record: it steps over commit markers
+                if not self.caught_up.is_set():
+                    self._check_caught_up(consumer, tp)
+
+    def _check_caught_up(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
+        """Position, not the last record applied: the position steps over transaction markers."""
+        try:
+            position = consumer.position(tp, timeout_ms=1_000)
+        except Exception as exc:  # the broker is away: the next poll tries again
+            log.debug("events position unknown: %s", exc)
+            return
+        if self._target is not None and position is not None and position >= self._target:
+            self.caught_up.set()
 
     def _note(self, problem: str) -> None:
         if problem != self.problem:

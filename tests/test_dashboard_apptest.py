@@ -142,11 +142,11 @@ def test_the_failed_page_groups_errors_and_knows_what_can_be_retried(with_data: 
 
 def test_starting_a_consumer_from_the_page(with_data: Backend) -> None:
     app = render("pages/consumers.py")
-    before = with_data.pool.active_count
+    before = with_data.active_consumers()
     [start] = [b for b in app.button if b.label == "Start a consumer"]
     start.click().run()
     assert not problems(app)
-    assert with_data.pool.active_count == before + 1
+    assert with_data.active_consumers() == before + 1
     new_id = f"consumer-{before + 1}"
     assert any(new_id in str(df.value.to_dict()) for df in app.dataframe)
     with_data.stop_consumer(new_id)

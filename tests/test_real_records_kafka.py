@@ -179,7 +179,7 @@ def caught_up(served: Any, topic: str, ends: dict[int, int]) -> bool:
     backend = served.backend if isinstance(served, ServedBackend) else served
     positions = {
         name: state.position
-        for snapshot in backend.pool.snapshots()
+        for snapshot in backend.consumers()
         for name, state in snapshot.partitions.items()
         if name.startswith(topic)
     }
