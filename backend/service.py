@@ -156,6 +156,10 @@ class Backend:
         """Start everything; raises ConfigError (or BrokerError) with one clear line."""
         # The plugins first: one that cannot be imported stops start-up before anything runs
         # (the workers load them again; here it is the check that gives one clear line).
+        if self.settings.role == "view" and self.settings.starts_broker:
+            raise ConfigError(
+                "BACKEND_ROLE=view needs KAFKA_BOOTSTRAP_SERVERS (the embedded broker runs inside BACKEND_ROLE=all)"
+            )
         processing.load_processor(self.settings.processor)
         processing.load_deserializer(self.settings.deserializer)
         if serve_http:
