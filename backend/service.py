@@ -158,7 +158,8 @@ class Backend:
         # (the workers load them again; here it is the check that gives one clear line).
         if self.settings.role == "view" and self.settings.starts_broker:
             raise ConfigError(
-                "BACKEND_ROLE=view needs KAFKA_BOOTSTRAP_SERVERS (the embedded broker runs inside BACKEND_ROLE=all)"
+                "BACKEND_ROLE=view needs KAFKA_BOOTSTRAP_SERVERS "
+                "(the embedded broker runs inside BACKEND_ROLE=all)"
             )
         processing.load_processor(self.settings.processor)
         processing.load_deserializer(self.settings.deserializer)
