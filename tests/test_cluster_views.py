@@ -547,11 +547,17 @@ def test_health_is_not_ok_while_no_consumer_holds_a_source_partition(
         for consumer_id in ("consumer-1", "consumer-2"):
             assert solo.http.delete(f"/api/consumers/{consumer_id}").status_code in (200, 204)
 
+        answers: list[Any] = []
+
         def unhealthy() -> dict[str, Any] | None:
-            answer = solo.health()
+            answers.append(solo.health())
+            answer = answers[-1]
             return answer[1] if answer and answer[0] == 503 and "no consumer" in answer[1]["reason"] else None
 
-        body = wait_for(unhealthy, UNASSIGNED_AFTER_S + SLACK_S, "503 naming the unheld partitions")
+        try:
+            body = wait_for(unhealthy, UNASSIGNED_AFTER_S + SLACK_S, "503 naming the unheld partitions")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; /api/health said {answers[-1]}") from None
         assert f"{topic}-0" in body["reason"], body
         assert assert_agrees(broker, solo)["members"] == {}
 
