@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import engineio.payload
 import httpx
 import pytest
 import socketio
@@ -205,11 +206,16 @@ def frame_of(name: str, data: Any, seq: int) -> Frame:
 
 
 class SioRecorder:
-    """python-socketio's Client (polling: websocket-client is not installed), keeping every event."""
+    """python-socketio's Client (polling: websocket-client is not installed), keeping every event.
+
+    python-engineio's client refuses a polling payload of more than 16 packets ("Unexpected packet
+    from server, aborting"); the gateway sends up to 500 per poll, as socket.io-client accepts.
+    """
 
     def __init__(self, url: str, auth: dict[str, Any] | None = None) -> None:
         self.frames: list[Frame] = []
         self.outcomes: list[dict[str, Any]] = []
+        engineio.payload.Payload.max_decode_packets = 100_000
         self.client = socketio.Client(reconnection=False)
         self.client.on("*", self._on_event)
         self.client.connect(url, auth=auth, transports=["polling"], wait_timeout=20)
@@ -412,11 +418,20 @@ def two_views(kafka: Any, backends: Callable[..., BackendProcess]) -> Iterator[T
         sio_b, ws_b = SioRecorder(b.gateway), WsRecorder(b.ws_url())
         clients += [reference, sio_b, ws_b]
         result.placed.update(produce(producer, topic, 0, 1200, 4))
-        wait_for(
-            lambda: sum(o["consumerId"] in ("consumer-3", "consumer-4") for o in reference.outcomes) >= 50,
-            120,
-            "B's consumers to process records",
-        )
+        try:
+            wait_for(
+                lambda: (
+                    sum(o["consumerId"] in ("consumer-3", "consumer-4") for o in reference.outcomes) >= 50
+                ),
+                120,
+                "B's consumers to process records",
+            )
+        except AssertionError as exc:
+            by = Counter(o["consumerId"] for o in reference.outcomes)
+            raise AssertionError(
+                f"{exc}: {len(reference.frames)} events, outcomes by {by}, "
+                f"A {a.statistics()}, consumers {a.consumers()}"
+            ) from None
         print(f"B killed with {len(reference.outcomes)} of 1200 outcomes on A")
         b.kill()
         killed_at = time.monotonic()
@@ -453,6 +468,7 @@ def two_views(kafka: Any, backends: Callable[..., BackendProcess]) -> Iterator[T
         for recorder in (moved_sio, moved_ws, replay_b):
             wait_for(lambda r=recorder: r.last_seq >= end, 60, f"a moved client to reach seq {end}")
         result.stats = {"a": a.statistics(), "b": b.statistics()}
+        wait_for(lambda: len(broker.observe().members) == 4, AGREE_S, "B's consumers back in the group")
         result.agreements += [assert_agrees(broker, a), assert_agrees(broker, b)]
         result.children_after = b.children()
         result.moved = {
