@@ -9,6 +9,7 @@ what ``/api/consumers`` is compared with.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -210,11 +211,15 @@ class SioRecorder:
 
     python-engineio's client refuses a polling payload of more than 16 packets ("Unexpected packet
     from server, aborting"); the gateway sends up to 500 per poll, as socket.io-client accepts.
+    It also hands each message to the handler on a thread of its own, so handlers may run out of
+    the wire's order: ``frames`` is kept sorted by seq (a duplicate or a gap still shows), and the
+    order itself is checked on ``/ws`` clients, which read the wire in order.
     """
 
     def __init__(self, url: str, auth: dict[str, Any] | None = None) -> None:
         self.frames: list[Frame] = []
         self.outcomes: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
         engineio.payload.Payload.max_decode_packets = 100_000
         self.client = socketio.Client(reconnection=False)
         self.client.on("*", self._on_event)
@@ -224,7 +229,8 @@ class SioRecorder:
         if name == events.CONNECTION_SUCCESS:
             return
         assert seq is not None, f"{name} came without its seq"
-        self.frames.append(frame_of(name, data, seq))
+        with self._lock:
+            bisect.insort(self.frames, frame_of(name, data, seq), key=lambda frame: frame[0])
         if name in OUTCOMES:
             self.outcomes.append(data)
 
@@ -378,6 +384,7 @@ class TwoViews:
     placed: set[tuple[int, int]]  # (partition, offset) of every record produced
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     reference: SioRecorder | None = None  # on A from before the first record to the end
+    reference_ws: list[Frame] = field(default_factory=list)  # the same on A's /ws
     moved: dict[str, tuple[int, list[Frame], list[Frame]]] = field(default_factory=dict)
     replayed: list[Frame] = field(default_factory=list)  # /ws on the restarted B, lastSeq = B's stored seq
     replayed_from: int = 0
@@ -415,8 +422,9 @@ def two_views(kafka: Any, backends: Callable[..., BackendProcess]) -> Iterator[T
         assert len(result.children_before) == 2, "B runs two worker processes"
 
         result.reference = reference = SioRecorder(a.gateway)
+        reference_ws = WsRecorder(a.ws_url())
         sio_b, ws_b = SioRecorder(b.gateway), WsRecorder(b.ws_url())
-        clients += [reference, sio_b, ws_b]
+        clients += [reference, reference_ws, sio_b, ws_b]
         result.placed.update(produce(producer, topic, 0, 1200, 4))
         try:
             wait_for(
@@ -465,7 +473,7 @@ def two_views(kafka: Any, backends: Callable[..., BackendProcess]) -> Iterator[T
         wait_for(exact, 240, "3,000 records on both views", interval=0.5)
         wait_for(lambda: len(reference.outcomes) >= result.total, 60, "every outcome on A's client")
         end = reference.last_seq
-        for recorder in (moved_sio, moved_ws, replay_b):
+        for recorder in (reference_ws, moved_sio, moved_ws, replay_b):
             wait_for(lambda r=recorder: r.last_seq >= end, 60, f"a moved client to reach seq {end}")
         result.stats = {"a": a.statistics(), "b": b.statistics()}
         wait_for(lambda: len(broker.observe().members) == 4, AGREE_S, "B's consumers back in the group")
@@ -476,6 +484,7 @@ def two_views(kafka: Any, backends: Callable[..., BackendProcess]) -> Iterator[T
             "/ws": (ws_b.last_seq, list(ws_b.frames), list(moved_ws.frames)),
         }
         result.replayed = list(replay_b.frames)
+        result.reference_ws = list(reference_ws.frames)
         yield result
     finally:
         for client in clients:
@@ -496,6 +505,11 @@ def test_both_views_count_exactly_and_a_client_of_the_survivor_gets_one_outcome_
     reference = two_views.reference
     assert reference is not None
     assert_consecutive([seq for seq, _, _ in reference.frames], "A's Socket.IO client")
+    assert_consecutive([seq for seq, _, _ in two_views.reference_ws], "A's /ws client (wire order)")
+    ws_outcomes = Counter(log_id for _, name, log_id in two_views.reference_ws if name in OUTCOMES)
+    assert len(ws_outcomes) == two_views.total and set(ws_outcomes.values()) == {1}
+    known = {frame[0]: frame for frame in reference.frames}
+    assert_same_events(two_views.reference_ws, known, "A's /ws client")
     per_record = Counter(o["logId"] for o in reference.outcomes)
     assert len(per_record) == two_views.total and set(per_record.values()) == {1}
     failed = sum(1 for _, name, _ in reference.frames if name == events.PROCESSING_FAILED)
