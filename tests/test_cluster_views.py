@@ -682,7 +682,9 @@ def iso_ms(text: str) -> int:
 def test_a_member_that_polls_rarely_stays_in_the_group_when_a_matching_topic_appears(kafka: Any) -> None:
     """kafka-python 3.0.12 forgot a JoinGroup that completed after poll() timed out: the member stopped
     heartbeating and was expelled (backend/kafka_compat.py). Here one member polls every 1.5 s with a
-    100 ms timeout while a new topic matching the pattern makes the group rebalance."""
+    100 ms timeout while a new topic matching the pattern makes the group rebalance. Without the fix
+    this failed in about a third of the runs (the race needs the join to outlast the 100 ms poll);
+    with it, never: so a failure here is a regression, a pass alone proves less."""
     from backend.consumers import consumer_options  # applies backend.kafka_compat
 
     prefix, group = unique("compat"), unique("compat-group")
