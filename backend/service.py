@@ -306,7 +306,9 @@ class Backend:
         elif not reader.caught_up.is_set():
             reason = f"reading the events topic ({reader.behind()} records behind)"
         elif self.settings.runs_workers and not self.directory.active() and self.settings.consumer_count:
-            reason = "consumers are starting"
+            # Also what every consumer stopped from the API looks like: then say what is not consumed.
+            unassigned = self.membership.unassigned_reason() if self.membership is not None else None
+            reason = unassigned or "consumers are starting"
         elif not self.directory.all_polled():
             reason = "consumers are connecting to the broker"
         elif self.store is not None and self.store.problem:
