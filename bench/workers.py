@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -170,14 +170,17 @@ def wait_settled(
     raise RuntimeError(f"the workers' group did not settle within {timeout:.0f}s ({last})")
 
 
-def wait_committed(
+def wait_committed_offsets(
     admin: KafkaAdminClient,
     group: str,
     targets: dict[TopicPartition, int],
-    workers: WorkerProcesses,
     timeout: float,
+    check: Callable[[], object] | None = None,
 ) -> float:
-    """Until the group committed every partition's target; the time.time() when it was first seen."""
+    """Until ``group`` committed every partition's target; the time.time() it was first seen.
+
+    ``check`` runs between two looks (it raises to give up early: a worker died).
+    """
     deadline = time.monotonic() + timeout
     committed: dict[TopicPartition, int] = {}
     while time.monotonic() < deadline:
@@ -186,12 +189,11 @@ def wait_committed(
         committed = {tp: getattr(offsets.get(tp), "offset", -1) for tp in targets}
         if all(committed[tp] >= target for tp, target in targets.items()):
             return now
-        workers.cpu()  # raises if a worker died
+        if check is not None:
+            check()
         time.sleep(OFFSETS_EVERY_S)
     done = sum(max(committed.get(tp, 0), 0) for tp in targets)
-    raise RuntimeError(
-        f"the workers committed {done} of {sum(targets.values())} records within {timeout:.0f}s"
-    )
+    raise RuntimeError(f"the group committed {done} of {sum(targets.values())} records within {timeout:.0f}s")
 
 
 def run_workers(
@@ -224,7 +226,7 @@ def run_workers(
                 cpu_before = procs.cpu()
                 started = time.time()
                 staged.release()
-                finished = wait_committed(admin, group, staged.targets, procs, timeout)
+                finished = wait_committed_offsets(admin, group, staged.targets, timeout, procs.cpu)
                 cpu = procs.cpu() - cpu_before
         except BaseException:
             staged.abort()
