@@ -46,9 +46,10 @@ REPORT_INTERVAL_S = 1.0
 POLL_TIMEOUT_MS = 100
 MAX_POLL_RECORDS = 500
 #: A worker's batch (one Kafka transaction each) may be bigger: a transaction costs 5-6 broker round
-#: trips (~20 ms) whatever its size, so under a backlog 2,000 records per transaction carried 1.5x
-#: the records per second of 500 at ~20 % less CPU per record (``python -m bench.workers``). When
-#: records trickle in, a poll returns what is there, so latency is the same.
+#: trips (~20 ms) whatever its size, so under a backlog a worker that waits on transactions carries
+#: more records per second with bigger batches (``python -m bench.workers``: with orjson decoding,
+#: measured together, ~1.5x the records/s and less CPU per record; bench/README.md). When records
+#: trickle in, a poll returns what is there, so latency is the same.
 WORKER_POLL_RECORDS = 2_000
 #: A batch that could not be stored is read again after this wait, doubled per failure up to the
 #: maximum: a store that cannot write (disk full) costs no CPU, and 5 s keeps the poll loop well
