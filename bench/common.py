@@ -43,6 +43,12 @@ CONTRACT_VARIABLES = (
     "CORS_ORIGINS",
     "AUTH_TOKEN",
     "BACKEND_URL",
+    "BACKEND_ROLE",
+    "WORKERS",
+    "EVENTS_TOPIC",
+    "WORKER_ID",
+    "WORKER_CONSUMERS",
+    "KAFKA_CLUSTER_ID",
 )
 
 
@@ -185,6 +191,7 @@ class BackendProcess:
     bootstrap: str | None = None  # None: the backend starts the embedded broker itself
     consumers: int = 3
     args: tuple[str, ...] = ("-m", "backend")  # after the interpreter
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. BACKEND_ROLE, WORKERS
     gateway_port: int = field(default_factory=free_port)
     producer_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -216,14 +223,13 @@ class BackendProcess:
         )
         if self.bootstrap:
             env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 90.0) -> BackendProcess:
         """Start it and wait until /api/health answers 200."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        # spawn(): the child gets PDEATHSIG, so it cannot outlive the benchmark.
-        self.proc = spawn([sys.executable, *self.args], self._log, cwd=REPO_ROOT, env=self.env())
+        self._spawn()
+        assert self.proc is not None
         health = Http(self.gateway_port, timeout=3.0)
         deadline = time.monotonic() + timeout
         try:
@@ -238,6 +244,26 @@ class BackendProcess:
         finally:
             health.close()
         raise RuntimeError(f"{self.name} not healthy after {timeout:.0f}s; see {self.log_path}")
+
+    def _spawn(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        # spawn(): the child gets PDEATHSIG, so it cannot outlive the benchmark.
+        self.proc = spawn([sys.executable, *self.args], self._log, cwd=REPO_ROOT, env=self.env())
+
+    def start_headless(self, ready: str, timeout: float = 90.0) -> BackendProcess:
+        """Start a process without HTTP (``BACKEND_ROLE=worker``); wait for a log line starting ``ready``."""
+        self._spawn()
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            lines = self.log_path.read_text(errors="replace").splitlines()
+            if any(line.startswith(ready) for line in lines):
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name}: no {ready!r} line after {timeout:.0f}s; see {self.log_path}")
 
     def broker(self) -> str:
         """The bootstrap address the backend uses (for the embedded broker: from its ready line)."""
