@@ -50,7 +50,9 @@ def _now_ms() -> int:
 
 
 #: A tail row: these fields of the contract's log body (backend.wire.LogBody; the message-received
-#: event carries the same names), plus ``time``, when it was received (epoch ms).
+#: event carries the same names), plus ``time``, when it was received (epoch ms), and ``seq``, the
+#: seq of its message-received (None when read from the store): the browser orders rows by it when
+#: it merges a snapshot with what its own stream brought.
 TAIL_FIELDS = (
     "logId",
     "topic",
@@ -66,9 +68,9 @@ TAIL_FIELDS = (
 )
 
 
-def tail_row(log: dict[str, Any], received_ms: int | None) -> dict[str, Any]:
+def tail_row(log: dict[str, Any], received_ms: int | None, seq: int | None = None) -> dict[str, Any]:
     """The tail's row for a record, from its log body (or its message-received event)."""
-    return {**{name: log.get(name) for name in TAIL_FIELDS}, "time": received_ms}
+    return {**{name: log.get(name) for name in TAIL_FIELDS}, "time": received_ms, "seq": seq}
 
 
 def outcomes(stats: dict[str, Any]) -> tuple[int, int]:
@@ -138,7 +140,7 @@ class LiveFeed:
         left_out = sum(1 for event in window[:start] if event.name == events.MESSAGE_RECEIVED)
         stats = newest_stats(window[start:]) or newest_stats(window[:start])
         for event in window[start:]:
-            self.apply(event.name, event.data)
+            self.apply(event.name, event.data, event.seq)
         if stats is not None:
             self.stats = dict(stats.data)
         if lost:  # the records of the events the bus no longer held: from the exact counts
@@ -192,25 +194,25 @@ class LiveFeed:
         the record would never show in this session's tail.
         """
         backlog = self.bus.since(max(self.bus.oldest_seq - 1, self.cursor - IN_FLIGHT_LOOKBACK))
-        received: dict[str, dict[str, Any]] = {}
+        received: dict[str, Event] = {}
         for event in backlog or ():
             if event.seq > self.cursor:
                 break
             log_id = event.data.get("logId")
             if event.name == events.MESSAGE_RECEIVED and log_id not in self.rows:
-                received[log_id] = event.data
+                received[log_id] = event
             elif event.name in _OUTCOMES:
                 received.pop(log_id, None)
-        for data in list(received.values())[-RECORDS_PER_SYNC:]:
-            self.apply(events.MESSAGE_RECEIVED, data)
+        for event in list(received.values())[-RECORDS_PER_SYNC:]:
+            self.apply(event.name, event.data, event.seq)
 
-    def apply(self, name: str, data: dict[str, Any]) -> None:
+    def apply(self, name: str, data: dict[str, Any], seq: int | None = None) -> None:
         """Fold one event into the view (the seed document's frontend rules); counts are the stats'."""
         log_id = data.get("logId")
         if name == events.MESSAGE_RECEIVED and log_id:
             if log_id not in self.rows:
                 received = {**data, "status": events.RECEIVED, "consumerId": None, "error": None}
-                self.rows[log_id] = tail_row(received, events.ms_from_iso(data.get("timestamp")))
+                self.rows[log_id] = tail_row(received, events.ms_from_iso(data.get("timestamp")), seq)
         elif name in _RECORD_STEPS:
             row = self.rows.get(log_id or "")
             if row is not None and row["status"] not in (events.PROCESSED, events.FAILED):
