@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, e2e, fanout, idle, throughput, workers
+from bench import burst, cluster, e2e, fanout, idle, throughput, workers
 from bench.common import (
     RESULTS_DIR,
     BackendProcess,
@@ -144,6 +144,20 @@ ROWS: list[tuple[str, str, str]] = [
     ("fanout_backend_cpu_cores", "backend CPU", "cores"),
     ("fanout_backend_cpu_us_per_delivery", "backend CPU per delivery", "us"),
     ("fanout_node_clients_cpu_cores", "Node clients' CPU", "cores"),
+    ("Burst (Apache Kafka): 50,000 records at once, mode=live clients", "", ""),
+    ("burst_clients", "live clients connected (Socket.IO + /ws)", ""),
+    ("burst_records_per_s", "records/s taken, with the clients", "rec/s"),
+    ("burst_baseline_records_per_s", "records/s taken, probe alone", "rec/s"),
+    ("burst_deliveries_per_s", "deliveries/s, all clients", "ev/s"),
+    ("burst_records_delivered_per_client", "records shown per client (sample)", ""),
+    ("burst_records_skipped_per_client", "records-skipped per client", ""),
+    ("burst_lag_worst_ms", "panel probe: counters' worst lag", "ms"),
+    ("burst_probe_exact", "panel probe: exact totals at the end", ""),
+    ("burst_clients_exact", "clients with the exact totals at the end", ""),
+    ("burst_partial_records", "records received partially", ""),
+    ("burst_disconnects", "disconnects", ""),
+    ("burst_backend_cpu_cores", "backend CPU (view + workers)", "cores"),
+    ("burst_backend_cpu_ms_per_client", "view CPU per client (minus baseline)", "ms"),
     ("Idle cost per client", "", ""),
     ("idle_bytes_per_min_per_client", "idle Socket.IO client", "B/min"),
     ("seed_polling_bytes_per_min", "seed baseline: polling every 5 s", "B/min"),
@@ -295,6 +309,7 @@ class Bench:
                 ),
             )
             self.phase("fanout", fanout_run)
+            self.phase("burst", lambda: burst.run(backend, burst.RECORDS, plan.clients, plan.node_procs))
             self.phase("idle", lambda: idle.run(backend, plan.idle_intervals))
             rss, peak = backend.rss_mb()
             return {

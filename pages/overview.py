@@ -92,8 +92,6 @@ live_every = STREAMING_EVERY_S if streaming else LIVE_EVERY_S
 @st.fragment(run_every=live_every)
 def counters() -> None:
     now_streaming = live_panel("counters", live_snapshot(), key="overview-counters")
-    if not ui.feed().stats.get("totalMessages") and not producing.traffic.current:
-        welcome()
     if now_streaming != streaming:
         # The cadence is fixed when the fragments are defined: one full run switches it (rare:
         # when the browser's stream opens or drops, never for live data).
@@ -105,6 +103,10 @@ def counters() -> None:
 def charts_and_topics() -> None:
     feed = ui.feed()
     feed.sync(src)
+    # Here, not with the counters: this fragment runs every 5 s also while the browser streams, so
+    # the invitation goes away soon after the first records arrive (the counters' run is every 15 s).
+    if not feed.stats.get("totalMessages") and not producing.traffic.current:
+        welcome()
     left, right = st.columns(2, gap="large")
     with left:
         st.subheader("Throughput", anchor=False)

@@ -12,15 +12,17 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backend import analytics, events
+from backend.bus import EventBus
 from backend.events import CSV_BATCH, FAILED, PROCESSED, SINGLE_MESSAGE
 from backend.service import Backend
 from backend.store import Store
 from dashboard import producing, retry
-from dashboard.live import LiveFeed
+from dashboard.live import RECORDS_PER_SYNC, LiveFeed
 from dashboard.source import LocalSource, Produced
 from tests.support import backend_settings, start_backend, stored_rows, wait_for
 
@@ -62,38 +64,96 @@ def test_analytics_on_a_known_store(tmp_path: Path) -> None:
     assert topics["payments"]["total"] == 30
 
 
+def publish_records(bus: EventBus, prefix: str, count: int, base: dict[str, Any]) -> dict[str, Any]:
+    """``count`` records' events, as the pipeline publishes them, then the exact counts after them."""
+    at = events.now_ms()
+    for number in range(count):
+        log_id = f"{prefix}-{number}"
+        bus.publish_many(
+            (
+                (
+                    events.MESSAGE_RECEIVED,
+                    events.message_received(log_id, prefix, 0, number, SINGLE_MESSAGE, 1, at),
+                ),
+                (events.PROCESSING_STARTED, events.processing_started(log_id, "consumer-1", at)),
+                (events.PROCESSING_COMPLETED, events.processing_completed(log_id, "consumer-1", at)),
+            )
+        )
+    stats = {
+        **base,
+        "totalMessages": base["totalMessages"] + count,
+        "processedMessages": base["processedMessages"] + count,
+        "timestamp": events.now_iso(),
+    }
+    bus.publish(events.STATS_UPDATED, stats)
+    return stats
+
+
 def test_a_live_feed_follows_the_bus_and_stays_bounded(backend: Backend) -> None:
     feed = LiveFeed()
     source = LocalSource(backend)
     feed.sync(source)
     start = feed.cursor
-    for number in range(500):
-        log_id = f"feed-{number}"
-        at = events.now_ms()
-        backend.bus.publish(
-            events.MESSAGE_RECEIVED, events.message_received(log_id, "feed", 0, number, SINGLE_MESSAGE, 1, at)
-        )
-        backend.bus.publish(
-            events.PROCESSING_COMPLETED, events.processing_completed(log_id, "consumer-1", at)
-        )
+    stats = publish_records(backend.bus, "feed", 80, feed.stats)
     new = feed.sync(source)
-    assert new >= 1000  # and whatever the backend published meanwhile
+    assert new >= 3 * 80 + 1  # and whatever the backend published meanwhile
     assert feed.cursor == start + new
-    assert len(feed.rows) <= 200
-    assert feed.tail(3)[0]["logId"] == "feed-499" and feed.tail(3)[0]["status"] == PROCESSED
-    assert sum(r["count"] for r in feed.throughput(5, 5)) >= 500
+    assert feed.skipped == 0 and feed.stats == stats  # below RECORDS_PER_SYNC: every record, no skips
+    assert feed.tail(3)[0]["logId"] == "feed-79" and feed.tail(3)[0]["status"] == PROCESSED
+    assert [int(row["offset"]) for row in feed.tail(80)] == list(range(79, -1, -1))
+    assert sum(r["count"] for r in feed.throughput(5, 5)) >= 80
     snapshot = feed.snapshot(None)
-    assert snapshot["seq"] == feed.cursor and len(snapshot["rows"]) == 50
+    assert snapshot["seq"] == feed.cursor and len(snapshot["rows"]) == 50 and snapshot["skipped"] == 0
 
 
-def test_a_feed_that_fell_behind_reloads_from_the_store(backend: Backend) -> None:
+def test_a_burst_is_coalesced_to_the_newest_records_whole(backend: Backend) -> None:
+    """5,000 records between two syncs: the newest RECORDS_PER_SYNC are taken with all their events,
+    the others counted as skipped, the counters are the newest stats-updated (exact)."""
     feed = LiveFeed()
     source = LocalSource(backend)
     feed.sync(source)
-    feed.cursor -= 10**6  # as if this tab slept through more than the bus holds
-    newest = backend.bus.last_seq
-    assert feed.sync(source) == 0
-    assert feed.resyncs == 1 and newest <= feed.cursor <= backend.bus.last_seq
+    stats = publish_records(backend.bus, "burst", 5_000, feed.stats)
+    feed.sync(source)
+    assert feed.stats == stats
+    assert feed.skipped == 5_000 - RECORDS_PER_SYNC
+    assert feed.snapshot(None)["skipped"] == 5_000 - RECORDS_PER_SYNC
+    taken = [row for row in feed.rows.values() if row["topic"] == "burst"]
+    assert [int(row["offset"]) for row in taken] == list(range(5_000 - RECORDS_PER_SYNC, 5_000))
+    assert {row["status"] for row in taken} == {PROCESSED}  # whole: every event of a taken record
+    # The chart counts every outcome from the exact counts, not the sampled records.
+    assert sum(r["count"] for r in feed.throughput(5, 5)) >= 5_000
+
+
+def test_a_feed_that_fell_behind_the_bus_keeps_its_newest_part(backend: Backend) -> None:
+    """More events than the bus holds (its ring: 20,000) between two syncs: no reload from the store;
+    the newest records are taken and every record left out is counted, also those the bus dropped."""
+    feed = LiveFeed()
+    source = LocalSource(backend)
+    feed.sync(source)
+    stats = publish_records(backend.bus, "behind", 8_000, feed.stats)  # 24,001 events
+    assert backend.bus.since(feed.cursor) is None
+    feed.sync(source)
+    assert feed.resyncs == 0 and feed.cursor == backend.bus.last_seq
+    assert feed.stats == stats
+    assert feed.skipped == 8_000 - RECORDS_PER_SYNC
+    assert feed.tail(1)[0]["logId"] == "behind-7999"
+
+
+def test_the_rate_is_the_change_of_the_exact_counts(backend: Backend) -> None:
+    """Messages per second from stats-updated over time, whatever the sample of records."""
+    feed = LiveFeed()
+    source = LocalSource(backend)
+    feed.sync(source)
+    base = events.now_ms()
+    for second in range(0, 21):
+        stats = {**feed.stats, "processedMessages": 1_000 + 300 * second, "failedMessages": 20 * second}
+        backend.bus.publish(
+            events.STATS_UPDATED, {**stats, "timestamp": events.iso_from_ms(base + 1000 * second)}
+        )
+        feed.sync(source)
+    assert feed.rate() == pytest.approx(320.0)
+    per_second = feed.per_second
+    assert [per_second[(base + 1000 * second) // 1000] for second in range(5, 15)] == [[300, 20]] * 10
 
 
 def test_a_feed_started_mid_processing_shows_the_records_in_flight(backend: Backend) -> None:

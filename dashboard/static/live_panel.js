@@ -5,10 +5,17 @@
 //    bus sequence number they reflect, and
 //  * the gateway's /ws, subscribed here with ?lastSeq=<that number>, so the gateway replays
 //    what happened since the snapshot and then streams each event as it happens.
+// The /ws is a `mode=live` subscription (docs/CONTRACT.md): at most 10 stats-updated a second with
+// the exact counts, and the events of at most LIVE_MAX_RATE records a second, each record whole;
+// `records-skipped` says how many records were left out. So a burst of any size costs this page
+// the same, and the gateway never cuts it off as slow. The counters and the rate come from
+// stats-updated only (exact); the tail is a sample when records come faster than LIVE_MAX_RATE, and
+// says so ("N records not shown").
 // The counters and the tail share one /ws, and either may join it after it opened (Streamlit
 // mounts them one after the other, and remounts one alone): the stream keeps its recent frames and
-// hands a joining view those after the view's snapshot, or reconnects from that snapshot's number
-// when it no longer has them. A view that missed a record's message-received would never show it.
+// hands a joining view those after the view's snapshot. A live stream does not replay records from
+// before it connected; the snapshot Python sends when the stream opens (the page reruns once to
+// slow its fragments down) covers them.
 // When the browser cannot reach the gateway, the snapshots alone keep the view current.
 // With AUTH_TOKEN set, the page never holds the token: each snapshot carries a fresh stream ticket
 // (valid for opening a connection for 60 s), and every (re)connect uses the newest one received.
@@ -18,19 +25,23 @@
 const HUB = (window.__kafkaDashboardHub ||= { streams: new Map() });
 const MIN_RENDER_GAP_MS = 30;
 const RATE_WINDOW_MS = 10000;
+const RATE_MIN_SPAN_MS = 2000; // the stream's own rate once it has seen this long
 const LATENCY_KEEP = 2000;
 const RECENT_KEEP = 5000; // frames a stream keeps for views that join it late
+const LIVE_MAX_RATE = 50; // records a second whose events the tail gets; the tail shows 50 rows
+const SKIPPED_WINDOW_MS = 60000; // how far back the "records not shown" note counts
 // The tail's Type column; a value outside these (SINGLE_MESSAGE) reads "JSON".
 const TYPE_LABELS = { CSV_BATCH: "CSV batch", TOMBSTONE: "Tombstone" };
 const EVENTS = new Set([
   "message-received", "processing-started", "processing-completed", "processing-failed",
-  "stats-updated", "consumer-status-changed",
+  "stats-updated", "consumer-status-changed", "records-skipped",
 ]);
 
 window.__kdLatency ||= []; // [{event, seq, ms}] event timestamp -> handled in this page
 // "topic/partition/offset" -> {logId, eventMs, shownMs}: when a record's row first reached the DOM,
 // and the time of its message-received event. Bounded; read by the latency measurement in the tests.
 window.__kdShown ||= new Map();
+window.__kdSnapshots ||= [];
 
 function wsUrl(stream) {
   const url = new URL(stream.url);
@@ -50,7 +61,8 @@ class Stream {
     this.seq = null;
     this.openedAt = null;
     this.recent = []; // the newest frames, oldest first
-    this.complete = Infinity; // the stream has every frame after this sequence number
+    this.opens = 0; // connections opened: more than one means it was reconnected
+    this.drops = 0; // connections that closed while views still used them
   }
 
   add(view) {
@@ -61,35 +73,19 @@ class Stream {
   }
 
   catchUp(view) {
-    // Everything this stream received after the view's snapshot, or a reconnect that replays it.
+    // Everything this stream received after the view's snapshot (a live stream has no replay).
     if (view.seq === null || (this.seq !== null && view.seq >= this.seq)) return;
     if (!this.ws) {
       this.seq = null; // a retry is pending: it will start from the oldest snapshot among the views
       return;
     }
-    if (view.seq < this.complete) {
-      this.reconnect();
-      return;
-    }
     for (const frame of this.recent) if (frame.seq > view.seq) view.onFrame(frame);
-  }
-
-  reconnect() {
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) ws.close();
-    clearTimeout(this.timer);
-    this.seq = null; // connect() starts from the oldest snapshot among the views
-    this.connect();
   }
 
   keep(frame) {
     if (typeof frame.seq !== "number" || (this.recent.length && frame.seq <= this.recent.at(-1).seq)) return;
     this.recent.push(frame);
-    if (this.recent.length > RECENT_KEEP) {
-      const dropped = this.recent.splice(0, RECENT_KEEP / 2);
-      this.complete = Math.max(this.complete, dropped.at(-1).seq);
-    }
+    if (this.recent.length > RECENT_KEEP) this.recent.splice(0, RECENT_KEEP / 2);
   }
 
   remove(view) {
@@ -99,12 +95,11 @@ class Stream {
 
   connect() {
     this.timer = null;
-    const query = new URLSearchParams();
+    const query = new URLSearchParams({ mode: "live", maxRate: String(LIVE_MAX_RATE) });
     const seqs = [...this.views].map((v) => v.seq).filter((s) => s !== null);
     const last = this.seq ?? (seqs.length ? Math.min(...seqs) : null);
     if (last !== null) query.set("lastSeq", String(last));
     this.recent = [];
-    this.complete = last ?? Infinity;
     if (this.ticket) query.set("ticket", this.ticket);
     const text = query.toString();
     let ws;
@@ -119,6 +114,7 @@ class Stream {
     ws.onopen = () => {
       this.delay = 500;
       this.openedAt = Date.now();
+      this.opens += 1;
       this.setState("open");
     };
     ws.onmessage = (message) => {
@@ -137,6 +133,7 @@ class Stream {
       if (this.ws !== ws) return;
       this.ws = null;
       this.openedAt = null;
+      this.drops += 1;
       this.setState("closed");
       this.retry();
     };
@@ -159,7 +156,12 @@ class Stream {
 
   setState(state) {
     this.state = state;
-    for (const view of this.views) view.setMode(state, this.openedAt);
+    for (const view of this.views) {
+      view.setMode(state, this.openedAt);
+      // For tests and the curious: a live stream is never cut off, so both stay at 0 through a burst.
+      view.root.dataset.reconnects = String(Math.max(0, this.opens - 1));
+      view.root.dataset.drops = String(this.drops);
+    }
   }
 }
 
@@ -181,6 +183,9 @@ function clock(ms) {
   const pad = (n, w = 2) => String(n).padStart(w, "0");
   return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
 }
+
+// How far a record has come: a snapshot never takes a row back to an earlier status.
+const PROGRESS = { RECEIVED: 0, PROCESSING: 1, PROCESSED: 2, FAILED: 2 };
 
 // A record key as text (always via textContent): its UTF-8 text, or base64:… for a binary key.
 function keyText(row) {
@@ -205,7 +210,10 @@ class LiveView {
     this.rows = new Map(); // logId -> row, oldest first
     this.tailSize = 50;
     this.serverRate = 0;
-    this.outcomes = []; // arrival times of outcomes seen over the stream
+    this.serverSkipped = 0; // records Python's feed left out over the last minute
+    this.counted = []; // [arrival ms, processed + failed] of each stats-updated: the rate
+    this.skips = []; // [arrival ms, records] of each records-skipped
+    this.skippedTotal = 0;
     this.stream = null;
     this.mode = "server";
     this.openedAt = null;
@@ -224,20 +232,28 @@ class LiveView {
     this.empty = root.querySelector(".kd-empty");
     this.modeText = root.querySelector(".kd-mode");
     this.latencyText = root.querySelector(".kd-latency");
+    this.skippedText = root.querySelector(".kd-skipped");
     this.tick = setInterval(() => this.renderRate(), 1000);
   }
 
   applySnapshot(data) {
     if (!data) return;
+    // For failure messages in the tests: which snapshots came, and what this view had then.
+    window.__kdSnapshots.push({ part: this.part, seq: data.seq, had: this.seq, rows: (data.rows || []).length, at: Date.now() });
+    if (window.__kdSnapshots.length > 40) window.__kdSnapshots.shift();
     this.tailSize = data.tailSize || this.tailSize;
     this.serverRate = data.rate || 0;
+    this.serverSkipped = data.skipped || 0;
     if (this.seq === null || data.seq > this.seq) {
       this.seq = data.seq;
       this.via = "snapshot";
       this.stats = { ...(data.stats || {}) };
+      this.count(this.stats);
       this.rows = new Map();
       for (const row of [...(data.rows || [])].reverse()) this.rows.set(row.logId, { ...row });
       this.schedule();
+    } else {
+      this.fillIn(data);
     }
     if (data.stream) {
       const stream = this.stream || streamFor(data.stream);
@@ -252,13 +268,31 @@ class LiveView {
     this.renderRate();
   }
 
+  fillIn(data) {
+    // A snapshot older than what the stream brought since. A live stream starts where it connected
+    // and leaves records out when busy, so the snapshot may have rows the stream did not bring: they
+    // are added, in the order of their seq (rows read from the store have none: they are the oldest).
+    // A snapshot never removes a row, nor takes one back to an earlier status.
+    const rows = new Map(this.rows);
+    for (const row of data.rows || []) {
+      const mine = rows.get(row.logId);
+      if (!mine) rows.set(row.logId, { ...row });
+      else if ((PROGRESS[row.status] ?? 0) > (PROGRESS[mine.status] ?? 0)) {
+        Object.assign(mine, { status: row.status, consumerId: row.consumerId, error: row.error });
+      }
+    }
+    const ordered = [...rows.values()].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0));
+    this.rows = new Map(ordered.slice(-this.tailSize * 2).map((row) => [row.logId, row]));
+    this.schedule();
+  }
+
   onFrame(frame) {
     const { event, data, seq } = frame;
     if (!EVENTS.has(event) || typeof seq !== "number" || !data) return;
     if (this.seq !== null && seq <= this.seq) return;
     this.seq = seq;
     this.via = "stream";
-    this.apply(event, data);
+    this.apply(event, data, seq);
     if (data.timestamp) {
       const ms = Date.now() - Date.parse(data.timestamp);
       this.lastLatency = ms;
@@ -270,17 +304,15 @@ class LiveView {
     this.schedule();
   }
 
-  apply(event, d) {
-    const s = this.stats;
-    const bump = (k) => (s[k] = (Number(s[k]) || 0) + 1);
+  apply(event, d, seq) {
+    // The counts come from stats-updated alone: with a sampled stream, counting events would not add up.
     if (event === "message-received") {
       if (!this.rows.has(d.logId)) {
         this.rows.set(d.logId, {
           logId: d.logId, topic: d.topic, partition: d.partition, offset: d.offset,
           key: d.key, keyBase64: d.keyBase64, dataType: d.dataType, rowCount: d.rowCount, status: "RECEIVED",
-          consumerId: null, error: null, time: Date.parse(d.timestamp),
+          consumerId: null, error: null, time: Date.parse(d.timestamp), seq,
         });
-        bump("totalMessages");
         while (this.rows.size > this.tailSize * 2) this.rows.delete(this.rows.keys().next().value);
       }
     } else if (event === "processing-started" || event === "processing-completed" || event === "processing-failed") {
@@ -290,16 +322,25 @@ class LiveView {
         row.consumerId = d.consumerId || row.consumerId;
         row.error = d.error || null;
       }
-      if (event === "processing-completed") bump("processedMessages");
-      if (event === "processing-failed") bump("failedMessages");
-      if (event !== "processing-started") {
-        const now = Date.now();
-        this.outcomes.push(now);
-        while (this.outcomes.length && this.outcomes[0] < now - RATE_WINDOW_MS) this.outcomes.shift();
-      }
     } else if (event === "stats-updated") {
       this.stats = { ...d };
+      this.count(d);
+    } else if (event === "records-skipped") {
+      const records = Number(d.count) || 0;
+      this.skips.push([Date.now(), records]);
+      this.skippedTotal += records;
+      this.root.dataset.skipped = String(this.skippedTotal);
     }
+  }
+
+  count(stats) {
+    // One point of the outcome counter over time; the rate is its slope over the last 10 s.
+    const total = (Number(stats.processedMessages) || 0) + (Number(stats.failedMessages) || 0);
+    const last = this.counted.at(-1);
+    if (last && total < last[1]) this.counted = []; // counts started over (another backend)
+    const now = Date.now();
+    this.counted.push([now, total]);
+    while (this.counted.length > 2 && this.counted[1][0] <= now - RATE_WINDOW_MS) this.counted.shift();
   }
 
   setMode(state, openedAt) {
@@ -330,10 +371,24 @@ class LiveView {
   }
 
   rate() {
+    // The slope of the outcome counter over the last 10 s (or since the stream opened, when that is
+    // shorter). stats-updated comes within 100 ms of any change, so between two of them the counts
+    // held. In the stream's first seconds, Python's figure (the same counts' change).
     const now = Date.now();
-    const streaming = this.mode === "ws" && this.openedAt && now - this.openedAt >= RATE_WINDOW_MS;
-    if (!streaming) return this.serverRate;
-    return this.outcomes.filter((t) => t >= now - RATE_WINDOW_MS).length / (RATE_WINDOW_MS / 1000);
+    const streaming = this.mode === "ws" && this.openedAt && now - this.openedAt >= RATE_MIN_SPAN_MS;
+    if (!streaming || this.counted.length === 0) return this.serverRate;
+    const from = Math.max(now - RATE_WINDOW_MS, this.counted[0][0]);
+    let atFrom = this.counted[0][1];
+    for (const [at, total] of this.counted) if (at <= from) atFrom = total;
+    return ((this.counted.at(-1)[1] - atFrom) * 1000) / Math.max(now - from, 1000);
+  }
+
+  skipped() {
+    // Records left out of the tail over the last minute: the stream's own count while it streams.
+    const now = Date.now();
+    while (this.skips.length && this.skips[0][0] < now - SKIPPED_WINDOW_MS) this.skips.shift();
+    if (this.mode !== "ws") return this.serverSkipped;
+    return this.skips.reduce((sum, [, records]) => sum + records, 0);
   }
 
   renderRate() {
@@ -343,12 +398,24 @@ class LiveView {
         this.lastLatency === null ? "" : `last event on screen ${Math.max(0, this.lastLatency)} ms after it happened`;
       if (this.latencyText.textContent !== text) this.latencyText.textContent = text;
     }
+    if (this.part === "tail") this.renderSkipped();
     const el = this.part === "counters" ? this.values.rate : null;
     if (el) {
       const r = this.rate();
       const text = r >= 10 ? FORMAT.format(Math.round(r)) : r.toFixed(1);
       if (el.textContent !== text) el.textContent = text;
     }
+  }
+
+  renderSkipped() {
+    if (!this.skippedText) return;
+    const records = this.skipped();
+    const text = records
+      ? `${FORMAT.format(records)} records not shown in the last minute: records arrive faster than the ` +
+        `tail can show (${LIVE_MAX_RATE} a second), so it shows the newest. The counters above count every record.`
+      : "";
+    if (this.skippedText.textContent !== text) this.skippedText.textContent = text;
+    this.skippedText.hidden = !records;
   }
 
   render() {
@@ -360,7 +427,10 @@ class LiveView {
       const text = v === undefined || v === null ? "–" : FORMAT.format(v);
       if (el.textContent !== text) el.textContent = text;
     }
-    if (this.part === "tail") this.renderTail();
+    if (this.part === "tail") {
+      this.renderTail();
+      this.renderSkipped();
+    }
   }
 
   renderTail() {
