@@ -53,6 +53,7 @@ class MembershipWatcher(threading.Thread):
         self.reporter = reporter
         self.observer = GroupObserver(bootstrap, settings)
         self._missing_since: dict[str, float] = {}
+        self._seen: dict[str, str | None] = {}  # consumer -> the life (started_at) seen as a member
         self._unassigned_since: dict[str, float] = {}
         self._stopping = threading.Event()
 
@@ -81,7 +82,14 @@ class MembershipWatcher(threading.Thread):
         members = self._members(state)
         for entry in self.directory.entries():
             present = entry.consumer_id in members
-            if entry.status == events.ACTIVE and entry.polled and not present:
+            if present:
+                self._seen[entry.consumer_id] = entry.started_at
+            # Out only if it was a member (in this life) or believes it holds partitions: a consumer
+            # whose topics do not exist yet is legitimately not a member of the group.
+            was_member = self._seen.get(entry.consumer_id, False) == entry.started_at or bool(
+                entry.partitions
+            )
+            if entry.status == events.ACTIVE and entry.polled and not present and was_member:
                 since = self._missing_since.setdefault(entry.consumer_id, now)
                 if now - since >= LEAVE_AFTER_S:
                     self._report(entry.consumer_id, entry.worker_id, entry.started_at, events.INACTIVE,

@@ -93,6 +93,15 @@ class EventRecorder:
             self.events.append(event)
             self._changed.notify_all()
 
+    def attach(self, bus: Any) -> EventRecorder:
+        """Subscribe, with every event the bus still holds first: a view may have applied records
+        (produced before its start) by the time the test subscribes."""
+        backlog, _ = bus.subscribe_from(bus.oldest_seq - 1, self)
+        with self._changed:
+            self.events[:0] = backlog or []
+            self._changed.notify_all()
+        return self
+
     def wait(self, predicate: Callable[[list[Event]], bool], timeout: float, what: str) -> None:
         with self._changed:
             if not self._changed.wait_for(lambda: predicate(self.events), timeout):

@@ -68,7 +68,7 @@ def test_disk_full_makes_health_say_why_and_everything_is_stored_once_after(kafk
             backend_settings(tmp_path, kafka.bootstrap, topics=(topic,), data_dir=data_dir)
         )
         recorder = EventRecorder()
-        backend.bus.subscribe(recorder)
+        recorder.attach(backend.bus)
         try:
             wait_for(lambda: backend.health().ok, 60, "health ok at start")
             produce(kafka.bootstrap, topic, 0, FIRST)

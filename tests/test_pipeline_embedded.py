@@ -19,7 +19,7 @@ def test_embedded_default_processes_produced_and_foreign_records(tmp_path: Path)
     assert settings.embedded
     backend = Backend(settings).start(serve_http=False)
     recorder = EventRecorder()
-    backend.bus.subscribe(recorder)
+    recorder.attach(backend.bus)
     topic = unique("embedded")
     try:
         backend.produce(topic, json.dumps({"name": "Test", "value": 100}).encode(), SINGLE_MESSAGE)
@@ -62,7 +62,7 @@ def test_embedded_consumers_can_be_added_and_removed(tmp_path: Path) -> None:
     )
     backend = Backend(settings).start(serve_http=False)
     recorder = EventRecorder()
-    backend.bus.subscribe(recorder)
+    recorder.attach(backend.bus)
     topic = unique("embedded-churn")
     try:
         for i in range(30):

@@ -29,7 +29,7 @@ def test_poison_csvs_fail_and_the_partition_goes_on(tmp_path: Path) -> None:
     )
     backend = Backend(settings).start(serve_http=False)
     recorder = EventRecorder()
-    backend.bus.subscribe(recorder)
+    recorder.attach(backend.bus)
     topic = unique("poison")
     try:
         backend.ensure_topic(topic)
