@@ -250,7 +250,11 @@ class WorkerSupervisor:
         else:
             env.pop("EMBEDDED_BROKER", None)
         paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *(p for p in paths if p != _PACKAGE_ROOT)])
+        # The parent's import path too: PROCESSOR and DESERIALIZER were checked in the parent, and a
+        # module it could import (from a directory a test runner or an app added) must load here too.
+        parent = [p for p in sys.path if p and os.path.isdir(p)]
+        ordered = dict.fromkeys([_PACKAGE_ROOT, *paths, *parent])
+        env["PYTHONPATH"] = os.pathsep.join(ordered)
         return env
 
     def _spawn(self, child: _Child, restart: bool = False) -> bool:

@@ -239,6 +239,8 @@ def test_a_crashed_child_is_reported_then_restarted_with_the_same_id(
     supervisor: WorkerSupervisor | None = None
 
     def on_exit(worker_id: str, consumers: tuple[str, ...], code: int) -> None:
+        # a child may crash before supervise() has returned: wait for the name to be bound
+        wait_for(lambda: supervisor is not None, 30, "supervise() to return")
         assert supervisor is not None
         (state,) = [s for s in supervisor.workers() if s.worker_id == worker_id]
         exits.append((worker_id, consumers, code, state.alive or state.restarts > 0))
