@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from backend import event_log, events, processing, wire
+from backend import event_log, events, processing, replay_file, wire
 from backend.bus import EventBus
 from backend.cluster import ConsumerDirectory, free_consumer_ids
 from backend.config import ConfigError, Settings, is_valid_topic
@@ -177,6 +177,9 @@ class Backend:
         self.probe.start()
         ensure_event_topics(self.bootstrap, self.settings)
         self.bus = EventBus(start_seq=EventsApplier.start_seq(self.store))
+        held = replay_file.load(self.settings.data_dir)
+        if held:
+            log.info("Holding %d events of the previous run for replay", self.bus.preload(held))
         applier = EventsApplier(self.store, self.bus, self.directory)
         self.reader = EventsReader(self.settings, self.bootstrap, applier)
         self.reader.start()
@@ -263,6 +266,9 @@ class Backend:
             self.reader.stop()
             self.reader.join(5)
             self.reader = None
+            # The events published while stopping (consumers stopped) reached no client: keep the
+            # held events, so clients that reconnect with lastSeq after a restart get them.
+            replay_file.save(self.settings.data_dir, self.bus.since(self.bus.oldest_seq - 1) or [])
         if self.probe:
             self.probe.stop()
         if self._producer:
