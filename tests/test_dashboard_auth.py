@@ -393,7 +393,7 @@ def test_the_browser_never_receives_the_token(dashboard: dict[str, Any]) -> None
 
         # What the page received: no token anywhere; /ws opened with tickets only.
         for url in seen.gateway_sockets():
-            assert set(_query(url)) <= {"ticket", "lastSeq"} and "ticket" in _query(url), url
+            assert set(_query(url)) <= {"ticket", "lastSeq", "mode", "maxRate"} and "ticket" in _query(url), url
         token = TOKEN.encode()
         assert seen.frames and any("/_stcore/stream" in url for url, _ in seen.frames)
         leaks = [url for url, data in seen.frames if token in data]
