@@ -393,7 +393,8 @@ def test_the_browser_never_receives_the_token(dashboard: dict[str, Any]) -> None
 
         # What the page received: no token anywhere; /ws opened with tickets only.
         for url in seen.gateway_sockets():
-            assert set(_query(url)) <= {"ticket", "lastSeq", "mode", "maxRate"} and "ticket" in _query(url), url
+            query = set(_query(url))
+            assert query <= {"ticket", "lastSeq", "mode", "maxRate"} and "ticket" in query, url
         token = TOKEN.encode()
         assert seen.frames and any("/_stcore/stream" in url for url, _ in seen.frames)
         leaks = [url for url, data in seen.frames if token in data]
