@@ -61,17 +61,20 @@ TAIL_ROWS = '.kd-root[data-part="tail"] tbody tr'
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")
 
-_ATTEMPTS: set[str] = set()
-
 
 def flaky_processor(record: Any) -> None:
     """PROCESSOR of the dashboard under test: a record marked "transient" fails the first time its
-    order is seen, like a downstream service that timed out once; a retry then succeeds."""
+    order is seen, like a downstream service that timed out once; a retry then succeeds.
+
+    The orders seen are files in DATA_DIR, not a set in memory: the processor runs in the backend's
+    worker process, which may be restarted between the first attempt and the retry.
+    """
     payload = record.payload
     if isinstance(payload, dict) and payload.get("transient"):
         order = str(payload.get("orderId"))
-        if order not in _ATTEMPTS:
-            _ATTEMPTS.add(order)
+        seen = Path(os.environ.get("DATA_DIR", "data")) / f"flaky-order-{int(order)}"
+        if not seen.exists():
+            seen.touch()
             raise TimeoutError(f"downstream service timed out for order {order} after 2.5 s")
 
 
@@ -644,7 +647,7 @@ def test_retrying_a_failed_record_sends_it_again(
     def outcome() -> list[dict[str, Any]]:
         return [log for log in dashboard.logs(topic) if log["status"] == "PROCESSED"]
 
-    [resent] = wait_for(outcome, 30, "the resent record to be processed")
+    [resent] = wait_for(outcome, 60, "the resent record to be processed")
     assert resent["dataType"] == "SINGLE_MESSAGE"
     assert sorted(log["status"] for log in dashboard.logs(topic)) == ["FAILED", "PROCESSED"]
     playwright_api.expect(page.get_by_text("Resent in this session")).to_be_visible()
