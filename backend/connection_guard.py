@@ -13,6 +13,9 @@ one traceback per failed ``accept()`` (225,253 of them, 100 MB in 46 s). Here:
 * :class:`ConnectionGuard` keeps the open connections of both ports under a cap below the
   open-file limit; beyond it, the connection that has waited longest without sending a request
   is closed (the newest one if none is waiting), so idle sockets cannot lock out real clients.
+  A connection that has never sent a request goes before a kept-alive one that has: closing a
+  keep-alive connection races the client's next request on it, which a client cannot safely
+  resend when it is a POST (the producer API's records).
 * :class:`Listener` and :meth:`ConnectionGuard.on_loop_error` turn a storm of failed accepts into
   one failed accept per second and one log line per interval.
 """
@@ -128,7 +131,10 @@ class ConnectionGuard:
         self.limit = limit
         self.timeouts = {HEADERS: header_timeout, BODY: body_timeout}
         self._servers: list[set[Any]] = []  # uvicorn's open connections (HTTP and WebSocket) per port
-        self._waiting: dict[BoundedH11Protocol, None] = {}  # waiting for request headers, oldest first
+        # Waiting for request headers, oldest first: connections that never sent a request, and
+        # kept-alive ones that did (closed only when no silent one is left).
+        self._waiting: dict[BoundedH11Protocol, None] = {}
+        self._waiting_kept_alive: dict[BoundedH11Protocol, None] = {}
         self._closing = 0  # closed by us, not yet gone from the sets above
         self._pending = 0  # accepted, not yet in the sets above
         self._log_cap = RateLimitedLog(f"Connection cap reached (MAX_CONNECTIONS={limit}): closed %s")
@@ -142,12 +148,16 @@ class ConnectionGuard:
     def accepted(self) -> bool:
         """A listener accepted a socket: make room for it under the cap, or say to close it.
 
-        Room is made by closing the connection that has waited longest for a request; if none
-        is waiting (all are busy or WebSockets), the new socket is refused.
+        Room is made by closing the connection that has waited longest for a first request,
+        else the kept-alive one idle longest. The new socket is refused instead when none is
+        waiting (all are busy or WebSockets), and when only kept-alive ones are while sockets
+        accepted in the same burst are still on their way to waiting: those go first next time.
         """
         open_count = sum(len(connections) for connections in self._servers) - self._closing
         if open_count + self._pending >= self.limit:
             victim = next(iter(self._waiting), None)
+            if victim is None and not self._pending:
+                victim = next(iter(self._waiting_kept_alive), None)
             if victim is None:
                 self._log_cap("a new connection: none was idle")
                 return False
@@ -164,10 +174,12 @@ class ConnectionGuard:
         """An accepted socket reached its protocol (it is in a ``connections`` set now)."""
         self._pending = max(self._pending - 1, 0)
 
-    def waiting(self, protocol: BoundedH11Protocol, is_waiting: bool) -> None:
+    def waiting(self, protocol: BoundedH11Protocol, is_waiting: bool, kept_alive: bool = False) -> None:
+        """Note whether ``protocol`` waits for request headers (``kept_alive``: after a response)."""
         self._waiting.pop(protocol, None)
+        self._waiting_kept_alive.pop(protocol, None)
         if is_waiting:
-            self._waiting[protocol] = None
+            (self._waiting_kept_alive if kept_alive else self._waiting)[protocol] = None
 
     def closing(self, delta: int) -> None:
         self._closing += delta
@@ -197,6 +209,7 @@ class BoundedH11Protocol(H11Protocol):
         self._phase: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._closed_by_us = False
+        self._responses = 0  # completed on this connection: a kept-alive client once it is > 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -208,6 +221,7 @@ class BoundedH11Protocol(H11Protocol):
         self._follow_request()
 
     def on_response_complete(self) -> None:
+        self._responses += 1
         super().on_response_complete()
         self._follow_request()
 
@@ -246,6 +260,6 @@ class BoundedH11Protocol(H11Protocol):
             self._deadline.cancel()
             self._deadline = None
         self._phase = phase
-        self.guard.waiting(self, phase == HEADERS)
+        self.guard.waiting(self, phase == HEADERS, kept_alive=self._responses > 0)
         if phase is not None:
             self._deadline = self.loop.call_later(self.guard.timeouts[phase], self.close, phase)

@@ -280,7 +280,13 @@ def all_closed_by_server(sockets: list[socket.socket], within: float) -> int:
 
 
 def test_1100_silent_sockets_under_ulimit_1024(embedded_broker, tmp_path: Path) -> None:
-    process = run_backend(tmp_path, embedded_broker.bootstrap, nofile=1024, HTTP_HEADER_TIMEOUT="4")
+    process = run_backend(
+        tmp_path,
+        embedded_broker.bootstrap,
+        nofile=1024,
+        HTTP_HEADER_TIMEOUT="4",
+        HTTP_KEEP_ALIVE_TIMEOUT="10",
+    )
     stream = RecordStream(process)
     sockets: list[socket.socket] = []
     try:
@@ -308,6 +314,73 @@ def test_1100_silent_sockets_under_ulimit_1024(embedded_broker, tmp_path: Path) 
     assert failures == [], failures[:10]
     assert log.count("Traceback") == 0, log[-3000:]
     assert len(log) < 100_000 and log.count("\n") < 200, log[-3000:]
+
+
+def test_the_cap_closes_silent_sockets_before_a_kept_alive_client(embedded_broker, tmp_path: Path) -> None:
+    """CI saw the record stream above lose one POST (ReadError): the cap had closed its idle
+    keep-alive connection, the oldest waiting one, while the client sent on it. Here the kept-alive
+    connection is older than every silent socket, so it was deterministically the first to go."""
+    process = run_backend(
+        tmp_path,
+        embedded_broker.bootstrap,
+        MAX_CONNECTIONS="20",
+        HTTP_HEADER_TIMEOUT="60",
+        HTTP_KEEP_ALIVE_TIMEOUT="60",
+    )
+    silent: list[socket.socket] = []
+    try:
+        with socket.create_connection(("127.0.0.1", process.gateway_port)) as kept:
+            kept.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert read_response(kept).startswith(b"HTTP/1.1 200")
+            silent = open_silent_sockets(process.producer_port, 30)
+            # 30 silent sockets on a cap of 20: the 10 oldest of them are closed, not the client.
+            wait_for(lambda: count_closed(silent) >= 11, 30, "the cap to close the oldest silent sockets")
+            kept.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert read_response(kept).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in silent:
+            sock.close()
+        process.stop()
+
+
+def count_closed(sockets: list[socket.socket]) -> int:
+    """How many of ``sockets`` the server has closed so far (without waiting)."""
+    closed = 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            closed += sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            pass
+        except ConnectionResetError:
+            closed += 1
+    return closed
+
+
+def test_guard_evicts_a_silent_connection_before_a_kept_alive_one() -> None:
+    guard = ConnectionGuard(limit=2, header_timeout=1, body_timeout=1)
+    connections: set[object] = set()
+    guard.watch(connections)
+    closed: list[str] = []
+
+    class FakeProtocol:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self, phase: str | None) -> None:
+            closed.append(self.name)
+            guard.waiting(self, False)  # type: ignore[arg-type]
+            connections.discard(self)
+
+    kept, silent = FakeProtocol("kept-alive"), FakeProtocol("silent")
+    connections.update({kept, silent})
+    guard.waiting(kept, True, kept_alive=True)  # idle longest, but it has served a request
+    guard.waiting(silent, True)
+    assert guard.accepted() and closed == ["silent"]
+    assert not guard.accepted() and closed == ["silent"]  # the one accepted is on its way to waiting
+    guard.made()
+    connections.add(FakeProtocol("busy"))  # the one accepted, now serving a request
+    assert guard.accepted() and closed == ["silent", "kept-alive"]  # no silent one left, none coming
 
 
 # --- the pieces: accept errors, the log, the cap's arithmetic ---------------------------------
