@@ -76,20 +76,6 @@ class EventBus:
                     self._subscribers.remove(subscriber)
         return published
 
-    def preload(self, held: list[Event]) -> int:
-        """Hold events of a previous run again (a view restarted cleanly): only those that end
-        exactly where this bus starts, before anything is published; how many were taken."""
-        with self._lock:
-            if self._ring or not held or held[-1].seq != self._seq:
-                return 0
-            contiguous = [
-                e for e, seq in zip(held, range(held[0].seq, self._seq + 1), strict=False) if e.seq == seq
-            ]
-            if len(contiguous) != len(held):
-                return 0
-            self._ring.extend(held)
-            return len(held)
-
     def _reserve_block(self) -> None:
         self._reserved_until = self._seq + SEQ_BLOCK
         if self._reserve is not None:

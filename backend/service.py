@@ -21,17 +21,19 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from backend import event_log, events, processing, replay_file, wire
+from backend import event_log, events, processing, wire
 from backend.bus import EventBus
 from backend.cluster import ConsumerDirectory, free_consumer_ids
 from backend.config import ConfigError, Settings, is_valid_topic
 from backend.consumers import ConsumerSnapshot
 from backend.event_log import Command, ConsumerReport
 from backend.event_topics import ensure_event_topics
+from backend.events import Event
 from backend.http_server import HTTP_START_WAIT_S, HttpServers
 from backend.limits import CommandTimeout, LimitReached
 from backend.membership import MembershipWatcher
 from backend.progress import PartitionProgress
+from backend.replay_journal import ReplayJournal
 from backend.stats import statistics
 from backend.store import Store
 from backend.supervisor import WorkerSupervisor, instance_id, spread
@@ -177,9 +179,6 @@ class Backend:
         self.probe.start()
         ensure_event_topics(self.bootstrap, self.settings)
         self.bus = EventBus(start_seq=EventsApplier.start_seq(self.store))
-        held = replay_file.load(self.settings.data_dir)
-        if held:
-            log.info("Holding %d events of the previous run for replay", self.bus.preload(held))
         applier = EventsApplier(self.store, self.bus, self.directory)
         self.reader = EventsReader(self.settings, self.bootstrap, applier)
         self.reader.start()
@@ -266,9 +265,6 @@ class Backend:
             self.reader.stop()
             self.reader.join(5)
             self.reader = None
-            # The events published while stopping (consumers stopped) reached no client: keep the
-            # held events, so clients that reconnect with lastSeq after a restart get them.
-            replay_file.save(self.settings.data_dir, self.bus.since(self.bus.oldest_seq - 1) or [])
         if self.probe:
             self.probe.stop()
         if self._producer:
@@ -283,6 +279,11 @@ class Backend:
         log.info("Backend stopped")
 
     # --- reads --------------------------------------------------------------------------------
+
+    def replay_history(self, after_seq: int, until_seq: int) -> list[Event] | None:
+        """Events the bus no longer holds, from the store's replay journal (None when gone)."""
+        store = self.store
+        return None if store is None else ReplayJournal(store).since(after_seq, until_seq)
 
     def statistics(self) -> dict[str, Any]:
         """The stats-updated payload, from the store's exact counters."""

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from backend import retention as aggregates
 from backend import wire
@@ -50,7 +50,7 @@ from backend.events import FAILED, PROCESSED
 log = logging.getLogger(__name__)
 
 DB_NAME = "dashboard.sqlite3"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: The checkpoint thread looks this often whether the WAL should be copied into the database file:
 #: when this many rows were stored since the last copy, or any row and the copy is this old. Each
@@ -66,6 +66,9 @@ WAL_LIMIT_BYTES = 16 * 1024 * 1024
 TRUNCATE_WAIT_MS = 100
 #: How long close() waits for readers in other processes before its final TRUNCATE gives up.
 CLOSE_CHECKPOINT_WAIT_MS = 5_000
+
+#: How many events the replay journal keeps (older entries go): a client further behind resyncs.
+JOURNAL_EVENTS = 200_000
 
 #: A payload or result whose JSON text is longer than this is stored apart (table ``payloads``);
 #: lists then carry the first PREVIEW_CHARS characters of the payload instead.
@@ -209,6 +212,10 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS logs_by_status ON log_rows (status, received_ms)",
     # value: the first bytes of a value that could not be decoded (record_meta.MAX_KEPT_VALUE_BYTES).
     "CREATE TABLE IF NOT EXISTS payloads (log_id TEXT PRIMARY KEY, payload TEXT, result TEXT, value BLOB)",
+    # Schema 4: what a view published, so a client's lastSeq replays from here after any restart
+    # (backend/replay_journal.py). One entry per applied events-topic record: seqs first..last.
+    "CREATE TABLE IF NOT EXISTS replay_journal "
+    "(first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, entry BLOB NOT NULL)",
     # has_payload answers "is a payload stored" without reading one stored apart.
     f"""CREATE VIEW IF NOT EXISTS logs AS SELECT {_HEAD_COLUMNS}, {_META_COLUMNS},
         {_FULL_PAYLOAD} AS payload, {_full("result")} AS result,
@@ -314,6 +321,21 @@ class LogRow:
         if with_payload:
             wire.add_detail(data, self.payload, self.result, self.value_bytes, self.value_truncated)
         return data
+
+
+class JournalEntry(NamedTuple):
+    """One replay journal entry: events ``first_seq``..``last_seq`` (see backend/replay_journal.py)."""
+
+    first_seq: int
+    last_seq: int
+    entry: bytes
+
+
+class WrittenAlong(NamedTuple):
+    """What :meth:`Store.save_outcomes` writes in the same transaction as the rows."""
+
+    meta: dict[str, str]
+    journal: JournalEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -430,6 +452,25 @@ def _write_meta(cursor: sqlite3.Cursor, values: dict[str, str]) -> None:
     cursor.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
 
 
+def _write_journal(cursor: sqlite3.Cursor, entry: JournalEntry | None) -> None:
+    """Add a replay journal entry; entries more than JOURNAL_EVENTS events older go."""
+    if entry is None:
+        return
+    cursor.execute("INSERT OR REPLACE INTO replay_journal (first_seq, last_seq, entry) VALUES (?,?,?)", entry)
+    cursor.execute("DELETE FROM replay_journal WHERE first_seq < ?", (entry.first_seq - JOURNAL_EVENTS,))
+
+
+def _tally(rows: list[LogRow], outcomes: list[Saved]) -> tuple[int, int]:
+    """(processed, failed): what a save adds to the counts (a row replaced by a FAILED one: failed)."""
+    processed = failed = 0
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if outcome.kind == INSERTED and row.status == PROCESSED:
+            processed += 1
+        elif outcome.new:
+            failed += 1
+    return processed, failed
+
+
 def as_failed(row: LogRow, reason: str) -> LogRow:
     """The FAILED row stored in place of one the store refused: no payload, the reason as error."""
     error = reason if not row.error else f"{reason}; {row.error[:1000]}"
@@ -536,7 +577,12 @@ class Store:
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            steps = {0: [_LOG_ROWS], 1: [*_SCHEMA_1_TO_2, *_LOG_ROWS_2_TO_3], 2: _SCHEMA_2_TO_3}[version]
+            steps = {
+                0: [_LOG_ROWS],
+                1: [*_SCHEMA_1_TO_2, *_LOG_ROWS_2_TO_3],
+                2: _SCHEMA_2_TO_3,
+                3: [],  # _SCHEMA adds the replay journal
+            }[version]
             for statement in [*steps, *_SCHEMA]:
                 connection.execute(statement)
             if version == 1:
@@ -751,12 +797,15 @@ class Store:
         return [outcome.new for outcome in self.save_outcomes(rows)]
 
     def save_outcomes(
-        self, rows: list[LogRow], meta: Callable[[list[Saved]], dict[str, str]] | None = None
+        self,
+        rows: list[LogRow],
+        along: Callable[[list[Saved]], WrittenAlong] | None = None,
     ) -> list[Saved]:
         """Store outcomes in one transaction; per row, what was done (see :class:`Saved`).
 
-        ``meta``: given what was done, the meta values to write in the same transaction (a view's
-        position in the events topic and its last ``seq``, so that both always match the rows).
+        ``along``: given what was done, what to write in the same transaction: meta values (a
+        view's position in the events topic and its last ``seq``, so that both always match the
+        rows) and the replay journal's entry for the events the save publishes.
 
         The common case (no row stored before, every row storable) is one executemany. A row that
         SQLite refuses (e.g. a value over its length limit) never holds back the others: the batch
@@ -764,8 +813,8 @@ class Store:
         cannot write at all raises :class:`StoreUnavailable` with nothing stored or counted.
         """
         if not rows:
-            if meta is not None:
-                self.set_meta_many(meta([]))
+            if along is not None:
+                self.set_meta_many(*along([]))
             return []
         prepared = [_prepare(row) for row in rows]
         with self._transaction() as cursor:
@@ -776,8 +825,10 @@ class Store:
                 cursor.execute("BEGIN IMMEDIATE")
                 outcomes = self._insert_each(cursor, prepared, self._present_locked(cursor, rows))
             aggregates.add(cursor, _as_stored(rows, outcomes))
-            if meta is not None:
-                _write_meta(cursor, meta(outcomes))
+            if along is not None:
+                meta, journal = along(outcomes)
+                _write_meta(cursor, meta)
+                _write_journal(cursor, journal)
             self._rows_since_checkpoint += sum(outcome.new for outcome in outcomes)
         self._count(rows, outcomes)
         return outcomes
@@ -876,13 +927,18 @@ class Store:
         return present
 
     def _count(self, rows: list[LogRow], outcomes: list[Saved]) -> None:
+        processed, failed = _tally(rows, outcomes)
         with self._count_lock:
-            for row, outcome in zip(rows, outcomes, strict=True):
-                self._in_flight.discard(row.log_id)
-                if outcome.kind == INSERTED and row.status == PROCESSED:
-                    self._processed += 1
-                elif outcome.new:
-                    self._failed += 1
+            self._in_flight.difference_update(row.log_id for row in rows)
+            self._processed += processed
+            self._failed += failed
+
+    def counts_after(self, rows: list[LogRow], outcomes: list[Saved]) -> Counts:
+        """The counts once a save with these outcomes is counted (called within the save: its
+        ``meta``/``journal`` callbacks see what the save will publish, before it is counted)."""
+        processed, failed = _tally(rows, outcomes)
+        now = self.counts()
+        return Counts(now.total + processed + failed, now.processed + processed, now.failed + failed)
 
     def prune(self, now_ms: int | None = None) -> int:
         """Apply RETENTION now (as at ``now_ms``); how many logs were deleted. See backend/retention.py."""
@@ -894,10 +950,32 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self.set_meta_many({key: value})
 
-    def set_meta_many(self, values: dict[str, str]) -> None:
-        """Several meta values in one transaction."""
+    def set_meta_many(self, values: dict[str, str], journal: JournalEntry | None = None) -> None:
+        """Several meta values (and a replay journal entry) in one transaction."""
         with self._transaction() as cursor:
             _write_meta(cursor, values)
+            _write_journal(cursor, journal)
+
+    def journal(self, after_seq: int, until_seq: int) -> list[JournalEntry]:
+        """The replay journal's entries holding the events after ``after_seq`` up to ``until_seq``."""
+        sql = (
+            "SELECT first_seq, last_seq, entry FROM replay_journal WHERE first_seq <= ? AND first_seq >= "
+            "COALESCE((SELECT MAX(first_seq) FROM replay_journal WHERE first_seq <= ?), 0) ORDER BY first_seq"
+        )
+        rows = self._reader().execute(sql, (until_seq, after_seq + 1)).fetchall()
+        return [JournalEntry(first, last, bytes(entry)) for first, last, entry in rows]
+
+    def rows_by_id(self, log_ids: Iterable[str]) -> dict[str, LogRow]:
+        """Stored rows by logId, without payloads (those no longer stored are left out)."""
+        ids = list(dict.fromkeys(log_ids))
+        columns = _ROW_COLUMNS.replace("payload, result", "NULL, NULL")
+        found: dict[str, LogRow] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {columns} FROM log_rows WHERE log_id IN ({marks})"
+            found.update((row.log_id, row) for row in map(_listed, self._reader().execute(sql, chunk)))
+        return found
 
     def get_meta(self, key: str) -> str | None:
         row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

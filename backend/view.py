@@ -23,51 +23,22 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from backend import event_log, events
+from backend import event_log, events, replay_journal
 from backend.bus import EventBus
 from backend.cluster import ConsumerDirectory
 from backend.config import Settings
 from backend.event_log import ConsumerReport, RowsEntry, WorkerReport
+from backend.replay_journal import EventItems, row_events
 from backend.stats import statistics
-from backend.store import REFUSED, LogRow, Saved, Store, StoreUnavailable
+from backend.store import REFUSED, LogRow, Saved, Store, StoreUnavailable, WrittenAlong
 
 log = logging.getLogger(__name__)
 
 POSITION_KEY = "events.position"  # the next offset of the events topic to apply
 SEQ_KEY = "events.seq"  # the seq of the last event published
 DIRECTORY_KEY = "events.directory"
-#: Events per stored row: received, started, outcome.
-EVENTS_PER_ROW = 3
 POLL_TIMEOUT_MS = 100
 RETRY_MAX_S = 5.0
-
-EventItems = list[tuple[str, dict[str, Any]]]
-
-
-def row_events(row: LogRow) -> EventItems:
-    """The three events of one stored row, built from what the row says."""
-    received = row.received_ms
-    consumer = row.consumer_id or ""
-    data = events.message_received(
-        row.log_id, row.topic, row.partition, row.offset, row.data_type, row.row_count, received,
-        row.record_key, row.key_base64,
-    )  # fmt: skip
-    items: EventItems = [
-        (events.MESSAGE_RECEIVED, data),
-        (
-            events.PROCESSING_STARTED,
-            events.processing_started(row.log_id, consumer, row.started_ms or received),
-        ),
-    ]
-    completed = row.completed_ms or received
-    if row.status == events.PROCESSED:
-        items.append(
-            (events.PROCESSING_COMPLETED, events.processing_completed(row.log_id, consumer, completed))
-        )
-    else:
-        failed = events.processing_failed(row.log_id, consumer, row.error or "", completed)
-        items.append((events.PROCESSING_FAILED, failed))
-    return items
 
 
 class EventsApplier:
@@ -109,25 +80,30 @@ class EventsApplier:
         self.position = offset + 1
 
     def _apply_rows(self, offset: int, rows: list[LogRow]) -> None:
-        last_seq = self.bus.last_seq
-
-        def meta(saved: list[Saved]) -> dict[str, str]:
-            new = sum(1 for s in saved if s.new)
-            published = new * EVENTS_PER_ROW + (1 if new else 0)
-            return {POSITION_KEY: str(offset + 1), SEQ_KEY: str(last_seq + published)}
-
-        saved = self.store.save_outcomes(rows, meta)
-        self.position = offset + 1
+        first_seq = self.bus.last_seq + 1
         items: EventItems = []
-        for row, result in zip(rows, saved, strict=True):
-            if result.new:
-                if result.reason is not None:  # the store kept a FAILED row in its place
-                    row = _as_failed(row, result.reason)
-                items.extend(row_events(row))
-            elif result.kind == REFUSED:
-                log.error("record %s could not be stored at all: %s", row.log_id, result.reason)
+
+        def along(saved: list[Saved]) -> WrittenAlong:
+            """Within the save: the events it publishes, their journal entry, the new position."""
+            new_ids: list[str] = []
+            for row, result in zip(rows, saved, strict=True):
+                if result.new:
+                    if result.reason is not None:  # the store kept a FAILED row in its place
+                        row = _as_failed(row, result.reason)
+                    items.extend(row_events(row))
+                    new_ids.append(row.log_id)
+                elif result.kind == REFUSED:
+                    log.error("record %s could not be stored at all: %s", row.log_id, result.reason)
+            stats = [(events.STATS_UPDATED, self._stats_after(rows, saved))] if new_ids else []
+            items.extend(stats)
+            return WrittenAlong(
+                {POSITION_KEY: str(offset + 1), SEQ_KEY: str(first_seq - 1 + len(items))},
+                replay_journal.entry(first_seq, new_ids, stats),
+            )
+
+        self.store.save_outcomes(rows, along)
+        self.position = offset + 1
         if items:
-            items.append((events.STATS_UPDATED, self.stats()))
             self.bus.publish_many(items)
 
     def _announce_statuses(self, offset: int, changes: list[tuple[str, str]]) -> None:
@@ -137,16 +113,22 @@ class EventsApplier:
         ]
         if items:
             items.append((events.STATS_UPDATED, self.stats()))
+        first_seq = self.bus.last_seq + 1
         self.store.set_meta_many(
             {
                 POSITION_KEY: str(offset + 1),
-                SEQ_KEY: str(self.bus.last_seq + len(items)),
+                SEQ_KEY: str(first_seq - 1 + len(items)),
                 DIRECTORY_KEY: self.directory.dump(),
-            }
+            },
+            replay_journal.entry(first_seq, [], items),
         )
         self.position = offset + 1
         if items:
             self.bus.publish_many(items)
+
+    def _stats_after(self, rows: list[LogRow], saved: list[Saved]) -> dict[str, Any]:
+        """stats-updated as it will be once this save is counted (it is written in the journal)."""
+        return statistics(self.store.counts_after(rows, saved), self.directory.active_count())
 
     def stats(self) -> dict[str, Any]:
         return statistics(self.store.counts(), self.directory.active_count())

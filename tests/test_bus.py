@@ -71,18 +71,3 @@ def test_numbers_continue_after_a_restart_without_reuse() -> None:
     assert reserved == [SEQ_BLOCK]
     second = EventBus(start_seq=reserved[-1])  # a crash: restart from the reservation
     assert second.publish("x", {}).seq == SEQ_BLOCK + 1
-
-
-def test_a_restarted_bus_holds_the_previous_runs_events_for_replay(tmp_path) -> None:
-    from backend import replay_file
-
-    first = EventBus()
-    for n in range(5):
-        first.publish("stats-updated", {"n": n})
-    replay_file.save(tmp_path, first.since(0))
-    again = EventBus(start_seq=5)
-    assert again.preload(replay_file.load(tmp_path)) == 5
-    assert [e.data["n"] for e in again.since(2)] == [2, 3, 4]
-    assert replay_file.load(tmp_path) == []  # read once
-    stale = EventBus(start_seq=9)  # a SIGKILL in between: the file does not end at the stored seq
-    assert stale.preload(first.since(0)) == 0 and stale.since(3) is None

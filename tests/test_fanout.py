@@ -243,3 +243,39 @@ def test_a_live_client_resumes_with_the_newest_counts_not_a_replay_of_records() 
             fanout.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_client_behind_the_bus_is_replayed_from_the_history_then_the_bus() -> None:
+    """The bus holds the newest events only; older ones come from ``history`` (the store's journal)."""
+    published: list[Event] = []
+
+    def history(after: int, until: int) -> list[Event] | None:
+        return [e for e in published if after < e.seq <= until] if after >= 2 else None
+
+    async def scenario() -> None:
+        bus = EventBus(capacity=5)
+        bus.subscribe(published.append)
+        fanout = gateway.Fanout()
+        fanout.start(bus, history)
+        try:
+            for i in range(12):
+                bus.publish("x", {"i": i})
+            for _ in range(3000):  # polled: the fan-out has no event to await
+                if fanout.dispatched == bus.last_seq:
+                    break
+                await asyncio.sleep(0.01)
+            assert bus.since(3) is None, "the bus no longer holds seq 4"
+            behind = gateway.ClientStream("behind", on_overflow=lambda: None)
+            fanout.attach(behind, 3, await fanout.older(3))
+            assert [item.seq for item in behind.backlog] == list(range(4, 13)) and behind.resync is None
+            gone = gateway.ClientStream("gone", on_overflow=lambda: None)
+            fanout.attach(gone, 1, await fanout.older(1))
+            assert gone.backlog == [] and gone.resync is not None
+            held = gateway.ClientStream("held", on_overflow=lambda: None)
+            assert await fanout.older(10) == []
+            fanout.attach(held, 10, [])
+            assert [item.seq for item in held.backlog] == [11, 12]
+        finally:
+            fanout.stop()
+
+    asyncio.run(scenario())

@@ -18,7 +18,16 @@ from backend import analytics
 from backend import store as store_module
 from backend.config import ConfigError
 from backend.events import CSV_BATCH, FAILED, PROCESSED
-from backend.store import DUPLICATE, INSERTED, REPLACED, Saved, Store, StoreOpenError, StoreUnavailable
+from backend.store import (
+    DUPLICATE,
+    INSERTED,
+    REPLACED,
+    SCHEMA_VERSION,
+    Saved,
+    Store,
+    StoreOpenError,
+    StoreUnavailable,
+)
 from tests.support import wait_for
 from tests.test_store import row
 
@@ -120,7 +129,8 @@ def test_a_schema_1_database_is_migrated_at_open_with_every_payload(tmp_path: Pa
     db.close()
     store = Store(tmp_path)
     try:
-        assert store.get_meta("schema_version") == "3" and store.get_meta("seq_reserved") == "42"
+        assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
+        assert store.get_meta("seq_reserved") == "42"
         counts = store.counts()
         assert (counts.total, counts.processed, counts.failed) == (3, 2, 1)
         listed = store.logs()
@@ -170,7 +180,7 @@ def test_a_schema_2_database_gains_the_record_metadata_at_open(tmp_path: Path) -
     db.close()
     store = Store(tmp_path)
     try:
-        assert store.get_meta("schema_version") == "3"
+        assert store.get_meta("schema_version") == str(SCHEMA_VERSION)
         old = store.log(row(0).log_id)
         assert (old.record_key, old.key_base64, old.headers, old.headers_truncated) == (
             "old-key",

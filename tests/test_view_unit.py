@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from backend import event_log, events
+from backend import store as store_module
 from backend.bus import EventBus
 from backend.cluster import ConsumerDirectory, free_consumer_ids
 from backend.event_log import ConsumerReport, WorkerReport
+from backend.replay_journal import ReplayJournal
 from backend.store import LogRow, Store
 from backend.view import EventsApplier
 
@@ -167,3 +169,57 @@ def test_free_consumer_ids_skip_active_names_of_other_instances(view: View) -> N
     view.feed([report("consumer-1"), report("consumer-3")])
     assert free_consumer_ids(view.applier.directory, 3, set()) == ["consumer-2", "consumer-4", "consumer-5"]
     assert free_consumer_ids(view.applier.directory, 2, {WORKER}) == ["consumer-1", "consumer-2"]
+
+
+# --- the replay journal: what a view published, read back from its store ---------------------
+
+
+def mixed_records() -> list[tuple[list[tuple[str, bytes]], bytes]]:
+    return [
+        report("consumer-1"),
+        rows_record([row(0), row(1, events.FAILED, "bad JSON")]),
+        rows_record([row(1), row(2)]),  # a redelivery of row 1: only row 2 is new
+        ([], b"not json"),  # skipped: no event
+        report("consumer-1", events.INACTIVE, reporter="view:x"),
+        rows_record([row(3)]),
+    ]
+
+
+def test_the_journal_gives_back_every_published_event_after_a_restart(tmp_path: Path) -> None:
+    first = View(tmp_path / "a")
+    first.feed(mixed_records())
+    published = list(first.events)
+    first.close()
+    again = View(tmp_path / "a")  # as after a SIGKILL: the bus holds nothing
+    try:
+        assert again.bus.since(0) is None
+        journal = ReplayJournal(again.store)
+        assert journal.since(0, published[-1].seq) == published
+        for after in (1, 5, 8, published[-1].seq - 1):  # from any seq, also inside an entry
+            assert journal.since(after, published[-1].seq) == published[after:]
+        assert journal.since(3, 6) == published[3:6]
+        assert journal.since(published[-1].seq, published[-1].seq) == []
+        assert journal.since(0, published[-1].seq + 1) is None  # not published yet: not held
+    finally:
+        again.close()
+
+
+def test_the_journal_does_not_replay_rows_that_retention_pruned(view: View) -> None:
+    view.feed([rows_record([row(0)]), rows_record([row(1)])])
+    with view.store._transaction() as cursor:  # what RETENTION does to an old row
+        cursor.execute("DELETE FROM log_rows WHERE log_id = ?", (row(0).log_id,))
+    journal = ReplayJournal(view.store)
+    assert journal.since(0, view.bus.last_seq) is None
+    assert journal.since(4, view.bus.last_seq) == view.events[4:]  # after it: still whole
+
+
+def test_the_journal_keeps_a_bounded_number_of_events(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "JOURNAL_EVENTS", 8)
+    view = View(tmp_path / "a")
+    try:
+        view.feed([rows_record([row(n)]) for n in range(6)])  # 4 events each: 24
+        journal = ReplayJournal(view.store)
+        assert journal.since(0, view.bus.last_seq) is None
+        assert journal.since(12, view.bus.last_seq) == view.events[12:]
+    finally:
+        view.close()

@@ -53,6 +53,9 @@ from backend.gateway.subscriptions import (
 )
 from backend.gateway.transport import engineio_message, text_frame
 
+#: Reads events the bus no longer holds: (after_seq, until_seq) -> events, or None when gone.
+History = Callable[[int, int], list[Event] | None]
+
 log = logging.getLogger(__name__)
 
 #: Events a client may fall behind before it is cut off. The bus holds 20,000 for replay, so a
@@ -399,6 +402,7 @@ class Fanout:
         self.records = RecentRecords()  # logId -> topic of recent records, for topic filters
         self.latest_stats: Outgoing | None = None  # the newest stats-updated dispatched
         self.bus: EventBus | None = None
+        self.history: History | None = None
         self.dispatched = 0  # newest seq offered to the streams
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[Event] = deque()
@@ -410,9 +414,13 @@ class Fanout:
         self._unsubscribe: Callable[[], None] | None = None
         self._linger = 0.0  # seconds: how long the last round of offers took
 
-    def start(self, bus: EventBus) -> None:
-        """Subscribe to ``bus``; call on the event loop that serves the clients."""
-        self.bus, self._loop = bus, asyncio.get_running_loop()
+    def start(self, bus: EventBus, history: History | None = None) -> None:
+        """Subscribe to ``bus``; call on the event loop that serves the clients.
+
+        ``history(after, until)``: the events the bus no longer holds, read back from the store
+        (backend/replay_journal.py), or None when those are gone too.
+        """
+        self.bus, self._loop, self.history = bus, asyncio.get_running_loop(), history
         start = bus.last_seq
         backlog, self._unsubscribe = bus.subscribe_from(start, self._receive)
         self.dispatched = backlog[-1].seq if backlog else start
@@ -511,19 +519,40 @@ class Fanout:
                 for stream in tuple(group.streams):
                     stream.offer(batch)
 
-    def attach(self, stream: ClientStream, last_seq: int | None) -> None:
+    async def older(self, last_seq: int | None) -> list[Event] | None:
+        """The events after ``last_seq`` that the bus no longer holds, read in a thread (so a long
+        replay never stalls the loop); [] when the bus holds them all, None when they are gone."""
+        assert self.bus is not None, "the gateway is not started"
+        oldest = self.bus.oldest_seq
+        if last_seq is None or last_seq + 1 >= oldest:
+            return []
+        if self.history is None:
+            return None
+        return await asyncio.to_thread(self.history, last_seq, oldest - 1)
+
+    def _held_since(self, last_seq: int, older: list[Event] | None) -> list[Event] | None:
+        """The events after ``last_seq``: ``older`` (see :meth:`older`), then what the bus holds."""
+        assert self.bus is not None
+        held = self.bus.since(last_seq)
+        if held is not None or not older:
+            return held
+        rest = self.bus.since(older[-1].seq)  # None if the bus moved past them meanwhile
+        return None if rest is None else older + rest
+
+    def attach(self, stream: ClientStream, last_seq: int | None, older: list[Event] | None = None) -> None:
         """Register a client; with ``last_seq``, give it the held events after it first.
 
         Runs on the loop, where ``dispatched`` says exactly which events the live stream will still
         bring: the backlog is what the bus holds up to ``dispatched``, the queue gets the rest.
+        ``older``: what :meth:`older` read before (events the bus no longer holds).
         """
         assert self.bus is not None, "the gateway is not started"
         if isinstance(stream, LiveStream):
-            self._attach_live(stream, last_seq)
+            self._attach_live(stream, last_seq, older)
         else:
             stream.position = stream.start_seq = self.dispatched
             if last_seq is not None:
-                held = self.bus.since(last_seq)
+                held = self._held_since(last_seq, older)
                 if held is None:
                     stream.resync = events.resync_required(last_seq, self.bus.oldest_seq)
                 else:
@@ -541,7 +570,7 @@ class Fanout:
                 group = self.groups[stream.subscription] = Group(stream.subscription)
             group.streams.add(stream)
 
-    def _attach_live(self, stream: LiveStream, last_seq: int | None) -> None:
+    def _attach_live(self, stream: LiveStream, last_seq: int | None, older: list[Event] | None) -> None:
         """A live client is not replayed record by record: it gets the newest counts at once.
 
         With a ``lastSeq`` still held it gets, after it, the ``consumer-status-changed`` events (which
@@ -553,7 +582,7 @@ class Fanout:
         assert self.bus is not None
         stream.position = stream.joined_at = max(last_seq or 0, self.dispatched)
         stats = self.latest_stats
-        held = self.bus.since(last_seq) if last_seq is not None else None
+        held = self._held_since(last_seq, older) if last_seq is not None else None
         if last_seq is not None and held is not None:
             stream.start_seq = last_seq
             backlog = [
