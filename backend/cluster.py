@@ -13,6 +13,7 @@ report with a new ``started_at`` is a new life of that consumer and clears what 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import orjson
@@ -61,7 +62,8 @@ class ConsumerDirectory:
     def __init__(self) -> None:
         self._consumers: dict[str, ConsumerEntry] = {}
         self._workers: dict[str, WorkerEntry] = {}
-        self._lock = threading.Lock()
+        # Reentrant, and notified on every change: wait_until's condition may read the directory.
+        self._lock = threading.Condition(threading.RLock())
 
     # --- applying the events topic ------------------------------------------------------------
 
@@ -75,7 +77,13 @@ class ConsumerDirectory:
             else:
                 entry = self._worker_says(entry, report)
             self._consumers[report.consumer_id] = entry
+            self._lock.notify_all()
             return entry.status if entry.status != before else None
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``condition()`` (checked after each change) holds; False after ``timeout`` s."""
+        with self._lock:
+            return self._lock.wait_for(condition, timeout)
 
     @staticmethod
     def _worker_says(entry: ConsumerEntry | None, report: ConsumerReport) -> ConsumerEntry:
@@ -105,6 +113,7 @@ class ConsumerDirectory:
         """A worker started or stopped; (consumer, new status) for every consumer that changed."""
         with self._lock:
             self._workers[report.worker_id] = WorkerEntry(**asdict(report))
+            self._lock.notify_all()
             if report.status == "up":
                 return []
             changed = []

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,24 +209,22 @@ class Backend:
         )
         self.supervisor.start()
         # Start-up returns with the workers running (as it did with consumer threads): wait for
-        # their "up" reports, so that what follows (a start_consumer, say) finds them.
+        # their "up" reports and their consumers' ACTIVE ones, so that what follows (a
+        # start_consumer, say) finds them and does not take one of their names.
         mine = {state.worker_id for state in self.supervisor.workers()}
-        if not self._wait(lambda: mine <= self._workers_up(), CATCH_UP_WAIT_S):
+
+        def running() -> bool:
+            listed = [self.directory.entry(name) for name in names]
+            active = all(entry is not None and entry.status == events.ACTIVE for entry in listed)
+            return active and mine <= self._workers_up()
+
+        if not self.directory.wait_until(running, CATCH_UP_WAIT_S):
             log.warning(
                 "worker processes not up after %.0f s: %s", CATCH_UP_WAIT_S, self.supervisor.describe()
             )
 
     def _workers_up(self) -> set[str]:
         return {w.worker_id for w in self.directory.workers() if w.status == "up"}
-
-    @staticmethod
-    def _wait(condition: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
 
     def _worker_exited(self, worker_id: str, consumers: list[str], returncode: int | None) -> None:
         """A worker process died: tell every view that its consumers are out (it is restarted)."""
@@ -383,7 +380,7 @@ class Backend:
             entry = self.directory.entry(consumer_id)
             return entry is not None and entry.status == status
 
-        if self._wait(reached, COMMAND_WAIT_S):
+        if self.directory.wait_until(reached, COMMAND_WAIT_S):
             return
         raise CommandTimeout(
             f"no worker answered within {COMMAND_WAIT_S:.0f} s: {consumer_id} is not {status}"

@@ -6,6 +6,7 @@ real SQLite store and bus (tests/test_cluster_views.py runs views against Apache
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,20 @@ def test_the_journal_keeps_a_bounded_number_of_events(tmp_path: Path, monkeypatc
         assert journal.since(12, view.bus.last_seq) == view.events[12:]
     finally:
         view.close()
+
+
+def test_waiting_for_the_directory_wakes_on_the_change_and_times_out_without_one() -> None:
+    directory = ConsumerDirectory()
+
+    def active() -> bool:
+        entry = directory.entry("consumer-1")  # the condition may read the directory
+        return entry is not None and entry.status == events.ACTIVE
+
+    assert not directory.wait_until(active, 0.05)
+    applier = threading.Thread(
+        target=directory.apply_consumer,
+        args=(ConsumerReport("consumer-1", WORKER, events.ACTIVE, started_at="t1", polled=True),),
+    )
+    applier.start()
+    assert directory.wait_until(active, 30)
+    applier.join()

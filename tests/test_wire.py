@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from backend import analytics, events, wire
+from backend import analytics, wire
 from backend.consumers import ConsumerSnapshot, PartitionState
 from backend.service import Health
-from backend.stats import StatsPublisher
+from backend.stats import statistics
 from backend.store import Counts, Store
 from tests.support import stored_rows
 
@@ -49,17 +49,7 @@ def test_the_builders_make_their_models_bodies(tmp_path: Path) -> None:
 
 def test_the_stats_event_is_the_statistics_body() -> None:
     """stats-updated and GET /api/consumers/statistics are one shape, built by one function."""
-    published: list[tuple[str, dict]] = []
-    publisher = StatsPublisher(lambda: Counts(5, 3, 1), lambda: 2, lambda *event: published.append(event))
-    publisher.consumers_changed()
-    publisher.start()
-    deadline = time.monotonic() + 2
-    while not published and time.monotonic() < deadline:
-        time.sleep(0.01)
-    publisher.stop()
-    publisher.join(2)
-    name, event = published[0]
-    assert name == events.STATS_UPDATED
+    event = statistics(Counts(5, 3, 1), 2)
     exactly(wire.StatisticsBody, event)
     rest = {**wire.statistics_body(5, 3, 1, 2), "timestamp": event["timestamp"]}
     assert json.dumps(event) == json.dumps(rest)
