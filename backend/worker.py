@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import socket
 import sys
 import threading
@@ -37,6 +36,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from backend import event_log, processing
 from backend.config import ConfigError, Settings
 from backend.consumers import ConsumerPool, ConsumerSnapshot
+from backend.entrypoint import run_until_signalled
 from backend.event_log import Command, ConsumerReport, WorkerReport
 from backend.event_topics import ensure_event_topics
 from backend.handoff import Handoff, PlainHandoff, TransactionalHandoff, producer_options
@@ -302,28 +302,12 @@ def _discover_cluster_id(settings: Settings) -> str:
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
-    )
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    try:
-        settings = Settings.from_env()
-        worker = Worker(settings, WorkerIdentity.from_env(os.environ, settings)).start()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(f"Worker {worker.worker_id} ready: broker {worker.bootstrap}", flush=True)
-    stop.wait()
-    worker.stop()
-    return 0
+    return run_until_signalled(start_worker)
+
+
+def start_worker(settings: Settings) -> tuple[Worker, str]:
+    worker = Worker(settings, WorkerIdentity.from_env(os.environ, settings)).start()
+    return worker, f"Worker {worker.worker_id} ready: broker {worker.bootstrap}"
 
 
 if __name__ == "__main__":
