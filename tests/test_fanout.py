@@ -266,13 +266,15 @@ def test_a_client_behind_the_bus_is_replayed_from_the_history_then_the_bus() -> 
                 await asyncio.sleep(0.01)
             assert bus.since(3) is None, "the bus no longer holds seq 4"
             behind = gateway.ClientStream("behind", on_overflow=lambda: None)
-            fanout.attach(behind, 3, await fanout.older(3))
+            fanout.attach(behind, 3, await fanout.older(behind, 3))
             assert [item.seq for item in behind.backlog] == list(range(4, 13)) and behind.resync is None
             gone = gateway.ClientStream("gone", on_overflow=lambda: None)
-            fanout.attach(gone, 1, await fanout.older(1))
+            fanout.attach(gone, 1, await fanout.older(gone, 1))
             assert gone.backlog == [] and gone.resync is not None
             held = gateway.ClientStream("held", on_overflow=lambda: None)
-            assert await fanout.older(10) == []
+            assert await fanout.older(held, 10) == []
+            live = gateway.LiveStream("live", parse_subscription("live"))
+            assert await fanout.older(live, 3) is None, "a live client is not replayed from the history"
             fanout.attach(held, 10, [])
             assert [item.seq for item in held.backlog] == [11, 12]
         finally:

@@ -148,7 +148,7 @@ class Gateway:
             log.info("Refused Socket.IO client %s: %s", sid, exc)
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         stream = _stream(f"Socket.IO client {sid}", subscription, lambda: self._sio_overflow(sid))
-        self.fanout.attach(stream, last_seq, await self.fanout.older(last_seq))
+        self.fanout.attach(stream, last_seq, await self.fanout.older(stream, last_seq))
         task = asyncio.create_task(self._sio_pump(sid, stream), name=f"sio-{sid}")
         self._sio_clients[sid] = (stream, task)
         log.info("Client connected: %s%s", sid, _described(subscription))
@@ -234,7 +234,7 @@ class Gateway:
         last_seq, subscription = admitted
         overflow = asyncio.Event()
         stream = _stream(f"/ws client {_peer(websocket)}", subscription, overflow.set)
-        self.fanout.attach(stream, last_seq, await self.fanout.older(last_seq))
+        self.fanout.attach(stream, last_seq, await self.fanout.older(stream, last_seq))
         self._ws_clients.add(stream)
         log.info("Client connected: %s%s", stream.name, _described(subscription))
         sender = asyncio.create_task(self._ws_pump(websocket, stream))

@@ -519,14 +519,18 @@ class Fanout:
                 for stream in tuple(group.streams):
                     stream.offer(batch)
 
-    async def older(self, last_seq: int | None) -> list[Event] | None:
+    async def older(self, stream: ClientStream, last_seq: int | None) -> list[Event] | None:
         """The events after ``last_seq`` that the bus no longer holds, read in a thread (so a long
-        replay never stalls the loop); [] when the bus holds them all, None when they are gone."""
+        replay never stalls the loop); [] when the bus holds them all, None when they are gone.
+
+        Not for a live client: it is not replayed record by record (see :meth:`_attach_live`), and
+        after a restart every live screen reconnects at once with a ``lastSeq`` the bus lacks.
+        """
         assert self.bus is not None, "the gateway is not started"
         oldest = self.bus.oldest_seq
         if last_seq is None or last_seq + 1 >= oldest:
             return []
-        if self.history is None:
+        if self.history is None or isinstance(stream, LiveStream):
             return None
         return await asyncio.to_thread(self.history, last_seq, oldest - 1)
 
