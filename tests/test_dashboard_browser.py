@@ -288,6 +288,7 @@ def summary(values: list[float]) -> dict[str, float]:
         "n": len(ordered),
         "p50": round(statistics.median(ordered), 1),
         "p90": round(ordered[max(0, int(len(ordered) * 0.9) - 1)], 1),
+        "p99": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 1),
         "max": round(ordered[-1], 1),
     }
 
@@ -594,11 +595,17 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
     playwright_api.expect(page.locator(COUNTER.format("processedMessages"))).to_have_text(
         f"{expected_processed:,}"
     )
-    shown_during = page.evaluate(
+    # Event to screen of each row drawn while the burst was processed (its message-received time to
+    # the moment its row reached the DOM).
+    drawn = page.evaluate(
         """([topic, until]) => [...window.__kdShown.entries()]
-            .filter(([where, seen]) => where.startsWith(topic + "/") && seen.shownMs < until).length""",
+            .filter(([where, seen]) => where.startsWith(topic + "/") && seen.shownMs < until)
+            .map(([, seen]) => seen)""",
         [topic, processed_ms],
     )
+    lags = [seen["shownMs"] - seen["eventMs"] for seen in drawn]
+    streamed = [seen for seen in drawn if seen["arrivedMs"] is not None]
+    shown_during = len(lags)
     assert shown_during >= 2, "the tail did not move while the burst was processed"
     tail = page.locator('.kd-root[data-part="tail"]')
     skipped = int(tail.get_attribute("data-skipped") or 0)
@@ -616,9 +623,15 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
         "js_round_trip_during_burst_ms": round(round_trip_ms, 1),
         "records_skipped_by_the_tail": skipped,
         "tail_rows_shown_during_burst": shown_during,
+        "event_to_screen_ms": summary(lags),
+        # Where that time goes: backend and gateway until the event reached the page, then the page.
+        "event_to_page_ms": summary([seen["arrivedMs"] - seen["eventMs"] for seen in streamed] or [0]),
+        "page_to_screen_ms": summary([seen["shownMs"] - seen["arrivedMs"] for seen in streamed] or [0]),
         "how": "KafkaProducer -> Apache Kafka -> backend; Overview open in headless Chromium, /ws mode=live "
-        "maxRate=50; round trip: one page.evaluate while the backend processed the burst",
+        "maxRate=50; round trip: one page.evaluate while the backend processed the burst; event to "
+        "screen: message-received timestamp to the row's first DOM insertion, rows drawn during the burst",
     }
+    print(f"burst: {dashboard.latency['burst']}")
 
 
 def test_the_idle_page_makes_no_http_requests(page: Any, dashboard: Dashboard) -> None:

@@ -38,8 +38,9 @@ const EVENTS = new Set([
 ]);
 
 window.__kdLatency ||= []; // [{event, seq, ms}] event timestamp -> handled in this page
-// "topic/partition/offset" -> {logId, eventMs, shownMs}: when a record's row first reached the DOM,
-// and the time of its message-received event. Bounded; read by the latency measurement in the tests.
+// "topic/partition/offset" -> {logId, eventMs, arrivedMs, shownMs, via}: when a record's row first
+// reached the DOM, the time of its message-received event and when that event reached this page
+// (null for a row from a snapshot). Bounded; read by the latency measurement in the tests.
 window.__kdShown ||= new Map();
 window.__kdSnapshots ||= [];
 
@@ -311,7 +312,7 @@ class LiveView {
         this.rows.set(d.logId, {
           logId: d.logId, topic: d.topic, partition: d.partition, offset: d.offset,
           key: d.key, keyBase64: d.keyBase64, dataType: d.dataType, rowCount: d.rowCount, status: "RECEIVED",
-          consumerId: null, error: null, time: Date.parse(d.timestamp), seq,
+          consumerId: null, error: null, time: Date.parse(d.timestamp), seq, arrived: Date.now(),
         });
         while (this.rows.size > this.tailSize * 2) this.rows.delete(this.rows.keys().next().value);
       }
@@ -458,7 +459,8 @@ class LiveView {
         this.trs.set(row.logId, tr);
         const where = `${row.topic}/${row.partition}/${row.offset}`;
         if (!window.__kdShown.has(where)) {
-          window.__kdShown.set(where, { logId: row.logId, eventMs: row.time, shownMs: shownAt, via: this.via });
+          const seen = { logId: row.logId, eventMs: row.time, arrivedMs: row.arrived ?? null, shownMs: shownAt };
+          window.__kdShown.set(where, { ...seen, via: this.via });
         }
       } else {
         this.updateRow(tr, row);
