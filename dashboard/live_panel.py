@@ -27,9 +27,16 @@ def live_panel(part: str, snapshot: dict[str, Any], key: str) -> bool:
     """Mount one part ("counters" or "tail") of the live panel with the latest snapshot.
 
     Returns whether this browser receives the gateway's stream itself (reported by the
-    "counters" part, which sets its ``streaming`` state when its /ws opens or closes).
+    "counters" part, which sets its ``streaming`` state when its /ws opens or closes). The "tail"
+    part sets ``joined`` each time its stream has joined the gateway's live feed; the change reruns
+    its fragment, whose snapshot brings the records the stream left out before the join.
     """
-    result = _component(key=key, data={**snapshot, "part": part}, on_streaming_change=_ignore)
+    result = _component(
+        key=key,
+        data={**snapshot, "part": part},
+        on_streaming_change=_ignore,
+        on_joined_change=_ignore,  # the tail's stream joined the gateway's feed: a rerun, a snapshot
+    )
     return bool(getattr(result, "streaming", False))
 
 

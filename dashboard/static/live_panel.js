@@ -38,8 +38,9 @@ const EVENTS = new Set([
 ]);
 
 window.__kdLatency ||= []; // [{event, seq, ms}] event timestamp -> handled in this page
-// "topic/partition/offset" -> {logId, eventMs, shownMs}: when a record's row first reached the DOM,
-// and the time of its message-received event. Bounded; read by the latency measurement in the tests.
+// "topic/partition/offset" -> {logId, eventMs, arrivedMs, shownMs, via}: when a record's row first
+// reached the DOM, the time of its message-received event and when that event reached this page
+// (null for a row from a snapshot). Bounded; read by the latency measurement in the tests.
 window.__kdShown ||= new Map();
 window.__kdSnapshots ||= [];
 
@@ -62,6 +63,8 @@ class Stream {
     this.openedAt = null;
     this.recent = []; // the newest frames, oldest first
     this.opens = 0; // connections opened: more than one means it was reconnected
+    this.joins = 0; // connections on which a frame came after the gateway's hello (see onmessage)
+    this.joinPending = false;
     this.drops = 0; // connections that closed while views still used them
   }
 
@@ -115,6 +118,7 @@ class Stream {
       this.delay = 500;
       this.openedAt = Date.now();
       this.opens += 1;
+      this.joinPending = true;
       this.setState("open");
     };
     ws.onmessage = (message) => {
@@ -128,6 +132,14 @@ class Stream {
       if (typeof frame.seq === "number") this.seq = frame.seq;
       this.keep(frame);
       for (const view of this.views) view.onFrame(frame);
+      if (this.joinPending && frame.event !== "connection-success") {
+        // The gateway accepts the socket (onopen), says hello, and only then joins it to the live
+        // feed: records between the views' snapshot and that join never come on this stream. A
+        // frame after the hello proves the join happened, so a snapshot taken now covers them.
+        this.joinPending = false;
+        this.joins += 1;
+        for (const view of this.views) view.joined(this.joins);
+      }
     };
     ws.onclose = () => {
       if (this.ws !== ws) return;
@@ -311,7 +323,7 @@ class LiveView {
         this.rows.set(d.logId, {
           logId: d.logId, topic: d.topic, partition: d.partition, offset: d.offset,
           key: d.key, keyBase64: d.keyBase64, dataType: d.dataType, rowCount: d.rowCount, status: "RECEIVED",
-          consumerId: null, error: null, time: Date.parse(d.timestamp), seq,
+          consumerId: null, error: null, time: Date.parse(d.timestamp), seq, arrived: Date.now(),
         });
         while (this.rows.size > this.tailSize * 2) this.rows.delete(this.rows.keys().next().value);
       }
@@ -341,6 +353,15 @@ class LiveView {
     const now = Date.now();
     this.counted.push([now, total]);
     while (this.counted.length > 2 && this.counted[1][0] <= now - RATE_WINDOW_MS) this.counted.shift();
+  }
+
+  joined(joins) {
+    // Ask Python for the tail's snapshot after each join (its fragment reruns on the state change):
+    // without it, a record received between the snapshot and the join was missing until it left
+    // the tail (the next snapshot comes 15 s later and holds the newest 50 rows only).
+    if (this.part !== "tail") return;
+    window.__kdJoinedAt = Date.now(); // for the tests: the tail's next snapshot comes after this
+    if (this.setStateValue) this.setStateValue("joined", joins);
   }
 
   setMode(state, openedAt) {
@@ -458,7 +479,8 @@ class LiveView {
         this.trs.set(row.logId, tr);
         const where = `${row.topic}/${row.partition}/${row.offset}`;
         if (!window.__kdShown.has(where)) {
-          window.__kdShown.set(where, { logId: row.logId, eventMs: row.time, shownMs: shownAt, via: this.via });
+          const seen = { logId: row.logId, eventMs: row.time, arrivedMs: row.arrived ?? null, shownMs: shownAt };
+          window.__kdShown.set(where, { ...seen, via: this.via });
         }
       } else {
         this.updateRow(tr, row);
