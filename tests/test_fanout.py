@@ -281,3 +281,93 @@ def test_a_client_behind_the_bus_is_replayed_from_the_history_then_the_bus() -> 
             fanout.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_live_feed_gets_the_newest_counts_without_waiting_for_the_rounds() -> None:
+    """One events-topic record brings thousands of events with its stats-updated last: a live feed
+    takes them all at its tick, not after the rounds of FANOUT_CHUNK that the other clients get."""
+
+    async def scenario() -> None:
+        bus = EventBus()
+        fanout = gateway.Fanout()
+        fanout.start(bus)
+        try:
+            live = gateway.LiveStream("live", parse_subscription("live", 10))
+            fanout.attach(live, last_seq=None)
+            ids = record_events(bus, 10 * gateway.FANOUT_CHUNK)
+            stats = bus.publish(events.STATS_UPDATED, {"totalMessages": len(ids)})
+            # No await since the publish: the fan-out task has not offered a single round yet.
+            assert fanout.dispatched < stats.seq
+            fanout._drain_live()  # what the ticker does first when a tick is due
+            (group,) = fanout.groups.values()
+            assert group.sampler is not None
+            sample = group.sampler.flush(gateway.Outgoing)
+            assert sample is not None
+            sent = [item.event for item in sample.items]
+            assert sent[-1] == stats, "the newest counts are in this tick's batch"
+            assert fanout.latest_stats is not None and fanout.latest_stats.event == stats
+            assert sum(e.data["count"] for e in sent if e.name == events.RECORDS_SKIPPED) == len(ids) - 1
+            assert fanout.live_dispatched == stats.seq
+        finally:
+            fanout.stop()
+
+    asyncio.run(scenario())
+
+
+class FakeClock:
+    """The ticker's clock and sleep: each sleep is recorded and advances the clock, and so does each
+    write to a client (``work_s``), so the ticker's schedule is checked without waiting. Each sleep
+    also brings new counts, so that every tick has a batch to write."""
+
+    def __init__(self, work_s: float, ticks: int, bus: EventBus, fanout: gateway.Fanout) -> None:
+        self.now, self.work_s, self.ticks = 0.0, work_s, ticks
+        self.bus, self.fanout = bus, fanout
+        self.sleeps: list[float] = []
+        self.writes: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def get_running_loop(self) -> FakeClock:
+        return self
+
+    async def sleep(self, seconds: float) -> None:
+        if len(self.sleeps) == self.ticks:
+            raise asyncio.CancelledError
+        self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+        self.fanout._live_inbox.append(self.bus.publish(events.STATS_UPDATED, {"at": self.now}))
+
+    def write(self, items: gateway.Batch) -> bool:
+        self.writes.append(round(self.now, 6))
+        self.now += self.work_s
+        return True
+
+
+@pytest.mark.parametrize(("work_s", "sleeps"), [(0.06, [0.1, 0.04, 0.04, 0.04]), (0.15, [0.1, 0, 0, 0])])
+def test_live_ticks_begin_an_interval_apart_whatever_their_work_takes(
+    monkeypatch: pytest.MonkeyPatch, work_s: float, sleeps: list[float]
+) -> None:
+    """A tick's writes (one per client) no longer stretch the period to interval + work; ticks
+    still never begin less than LIVE_INTERVAL_S apart, so a client gets at most one batch per tick."""
+    monkeypatch.setattr(gateway, "LIVE_INTERVAL_S", 0.1)
+
+    async def scenario() -> FakeClock:
+        bus = EventBus()
+        fanout = gateway.Fanout()
+        fanout.start(bus)
+        fanout.stop()  # its own tasks and bus subscription: the ticker is driven by hand below
+        live = gateway.LiveStream("live", parse_subscription("live", 10))
+        fanout.attach(live, last_seq=None)
+        clock = FakeClock(work_s, len(sleeps), bus, fanout)
+        live.write_now = clock.write
+        monkeypatch.setattr(gateway, "asyncio", clock)
+        with pytest.raises(asyncio.CancelledError):
+            await fanout._tick()
+        return clock
+
+    clock = asyncio.run(scenario())
+    assert clock.sleeps == sleeps
+    assert len(clock.writes) == len(sleeps), "one batch per tick"
+    gaps = [later - earlier for earlier, later in zip(clock.writes, clock.writes[1:], strict=False)]
+    assert all(gap >= 0.1 - 1e-9 for gap in gaps), clock.writes

@@ -17,6 +17,13 @@ of them; a live sampler makes one :class:`LiveBatch` per LIVE_INTERVAL_S (the ``
 A live client's :class:`LiveStream` is never cut off: when it falls behind, its queue is coalesced
 into the newest state instead.
 
+Live feeds do not wait behind the rounds: the bus callback also appends every event to a second
+inbox, which the ticker drains whole when a tick is due. One events-topic record brings thousands
+of events with its ``stats-updated`` last; offered in rounds of FANOUT_CHUNK, a yield to the loop
+between rounds, the newest counts reached live clients only after all of them (issue 14: up to
+~350 ms of a burst's ~1.2 s lag behind the REST counts). The ticker also keeps a fixed cadence:
+a tick starts LIVE_INTERVAL_S after the previous one started, not after it ended.
+
 Replay: a client connecting with ``lastSeq`` first gets the held events after it, in order, then the
 live ones, with nothing lost or doubled in between (see :meth:`Fanout.attach`); when those events
 are no longer held it gets ``resync-required``.
@@ -400,12 +407,14 @@ class Fanout:
         self.streams: set[ClientStream] = set()  # the clients of every event (the seed's)
         self.groups: dict[Subscription, Group] = {}  # the others, by subscription
         self.records = RecentRecords()  # logId -> topic of recent records, for topic filters
-        self.latest_stats: Outgoing | None = None  # the newest stats-updated dispatched
+        self.latest_stats: Outgoing | None = None  # the newest stats-updated handed to live feeds
         self.bus: EventBus | None = None
         self.history: History | None = None
         self.dispatched = 0  # newest seq offered to the streams
+        self.live_dispatched = 0  # newest seq handed to the live feeds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[Event] = deque()
+        self._live_inbox: deque[Event] = deque()  # the same events, for the live feeds' next tick
         self._lock = threading.Lock()
         self._scheduled = False
         self._wakeup = asyncio.Event()
@@ -423,9 +432,11 @@ class Fanout:
         self.bus, self._loop, self.history = bus, asyncio.get_running_loop(), history
         start = bus.last_seq
         backlog, self._unsubscribe = bus.subscribe_from(start, self._receive)
-        self.dispatched = backlog[-1].seq if backlog else start
+        self.dispatched = self.live_dispatched = backlog[-1].seq if backlog else start
         for event in bus.since(max(bus.oldest_seq - 1, 0)) or ():
             self._note(event)
+            if event.name == events.STATS_UPDATED:
+                self.latest_stats = Outgoing(event)
         self._task = self._loop.create_task(self._run(), name="gateway-fanout")
         self._ticker = self._loop.create_task(self._tick(), name="gateway-live-feeds")
 
@@ -441,6 +452,7 @@ class Fanout:
         """Bus callback, in the publishing thread under the bus lock: hand over, never wait."""
         with self._lock:
             self._inbox.append(event)
+            self._live_inbox.append(event)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -470,13 +482,18 @@ class Fanout:
             waiting = len(self._inbox)
 
     def _take_chunk(self) -> list[Event]:
+        """The next round's events: FANOUT_CHUNK, or all of them when no client's sender waits for
+        its share between rounds (only live clients, which the ticker feeds)."""
+        chunked = self.streams or any(group.sampler is None for group in self.groups.values())
         with self._lock:
             if not self._inbox:
                 self._scheduled = False  # the next event wakes us again
                 return []
-            return [self._inbox.popleft() for _ in range(min(FANOUT_CHUNK, len(self._inbox)))]
+            count = min(FANOUT_CHUNK, len(self._inbox)) if chunked else len(self._inbox)
+            return [self._inbox.popleft() for _ in range(count)]
 
     def _offer(self, chunk: list[Event]) -> None:
+        """A round for the clients of every event and of topic filters (live feeds: see _drain_live)."""
         streams = tuple(self.streams)
         debug = log.isEnabledFor(logging.DEBUG)
         items = Batch()
@@ -484,31 +501,53 @@ class Fanout:
             if event.seq <= self.dispatched:
                 continue
             self.dispatched = event.seq
-            item = Outgoing(event)
-            items.append(item)
-            self._note(event, item)
+            items.append(Outgoing(event))
+            self._note(event)
             if debug:
                 log.debug("%s to %d client(s)", _describe(event), len(streams))
         for stream in streams:
             stream.offer(items)
         for group in tuple(self.groups.values()):
-            if group.sampler is not None:
-                group.sampler.add(items)
-            elif group.streams:
+            if group.sampler is None and group.streams:
                 filtered = Batch(filter_topics(items, group.subscription.topics or frozenset(), self.records))
                 for stream in tuple(group.streams):
                     stream.offer(filtered)
 
-    def _note(self, event: Event, item: Outgoing | None = None) -> None:
-        """What later clients need of a dispatched event: a record's topic, the newest stats."""
+    def _note(self, event: Event) -> None:
+        """What later clients need of a dispatched event: a record's topic (for topic filters)."""
         note_record(self.records, event)
-        if event.name == events.STATS_UPDATED:
-            self.latest_stats = item or Outgoing(event)
+
+    def _drain_live(self) -> None:
+        """Everything published since the last drain, to every live feed (on the loop, at a tick and
+        when a live client attaches): encoded once for all feeds, the newest stats kept for newcomers."""
+        with self._lock:
+            taken, self._live_inbox = self._live_inbox, deque()
+        samplers = [group.sampler for group in self.groups.values() if group.sampler is not None]
+        items = Batch()
+        for event in taken:
+            if event.seq <= self.live_dispatched:
+                continue
+            self.live_dispatched = event.seq
+            if samplers:
+                items.append(Outgoing(event))
+            if event.name == events.STATS_UPDATED:
+                self.latest_stats = items[-1] if samplers else Outgoing(event)
+        for sampler in samplers:
+            sampler.add(items)
 
     async def _tick(self) -> None:
-        """Every LIVE_INTERVAL_S: each live feed's batch, drawn and encoded once for all its clients."""
+        """Every LIVE_INTERVAL_S: each live feed's batch, drawn and encoded once for all its clients.
+
+        A tick is due LIVE_INTERVAL_S after the previous one began, not after it ended: its own work
+        (a write per client, tens of milliseconds with 1,000 clients on a busy machine) no longer
+        stretches the period, and two ticks are still never less than LIVE_INTERVAL_S apart.
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         while True:
-            await asyncio.sleep(LIVE_INTERVAL_S)
+            await asyncio.sleep(max(0.0, began + LIVE_INTERVAL_S - loop.time()))
+            began = loop.time()
+            self._drain_live()
             for group in tuple(self.groups.values()):
                 if group.sampler is None or not group.streams:
                     continue
@@ -584,7 +623,8 @@ class Fanout:
         before it joined are left out whole.
         """
         assert self.bus is not None
-        stream.position = stream.joined_at = max(last_seq or 0, self.dispatched)
+        self._drain_live()  # what its feed has been given so far is where this client joins
+        stream.position = stream.joined_at = max(last_seq or 0, self.live_dispatched)
         stats = self.latest_stats
         held = self._held_since(last_seq, older) if last_seq is not None else None
         if last_seq is not None and held is not None:
@@ -592,7 +632,7 @@ class Fanout:
             backlog = [
                 Outgoing(event)
                 for event in held
-                if event.seq <= self.dispatched and event.name == events.CONSUMER_STATUS_CHANGED
+                if event.seq <= self.live_dispatched and event.name == events.CONSUMER_STATUS_CHANGED
             ]
             if stats is not None and stats.seq > last_seq:
                 backlog.append(stats)
@@ -601,7 +641,7 @@ class Fanout:
         if last_seq is not None:
             stream.resync = events.resync_required(last_seq, self.bus.oldest_seq)
         stream.backlog = [stats] if stats is not None else []
-        stream.start_seq = stats.seq - 1 if stats is not None else self.dispatched
+        stream.start_seq = stats.seq - 1 if stats is not None else self.live_dispatched
 
     def detach(self, stream: ClientStream) -> None:
         self.streams.discard(stream)
