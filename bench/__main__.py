@@ -154,6 +154,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("burst_lag_worst_ms", "panel probe: counters' worst lag", "ms"),
     ("burst_probe_exact", "panel probe: exact totals at the end", ""),
     ("burst_clients_exact", "clients with the exact totals at the end", ""),
+    ("burst_clients_settle_s", "… seconds after the burst until they all had them", "s"),
     ("burst_partial_records", "records received partially", ""),
     ("burst_disconnects", "disconnects", ""),
     ("burst_backend_cpu_cores", "backend CPU (view + workers)", "cores"),
