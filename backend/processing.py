@@ -158,7 +158,7 @@ def decode(
         if deserializer is None:
             raise DecodeError(binary)
         return deserialize(value, raw_headers, deserializer, limits)
-    if not text.strip():
+    if text.isspace():  # never empty here: as ``not text.strip()``, without copying the text
         raise DecodeError("empty message (only white space)")
     if declared == CSV_BATCH:
         return _csv_outcome(text, limits)
@@ -461,12 +461,12 @@ def decode_record(
     """
     if value is None:
         return Outcome(TOMBSTONE, 0)
-    declared = headers.get("data-type", "").strip().upper()
     try:
         data_type, row_count, payload, payload_json = decode(
             value, headers, limits, deserializer, raw_headers
         )
     except DecodeError as exc:
+        declared = headers.get("data-type", "").strip().upper()
         fallback = declared if declared in DECLARED_TYPES else SINGLE_MESSAGE
         return Outcome(fallback, 0, error=str(exc))
     return Outcome(data_type, row_count, payload, payload_json=payload_json)

@@ -22,6 +22,7 @@ writes ``down`` and exits 0. A bad setting ends it with one line on stderr and e
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -307,6 +308,11 @@ def main() -> int:
 
 def start_worker(settings: Settings) -> tuple[Worker, str]:
     worker = Worker(settings, WorkerIdentity.from_env(os.environ, settings)).start()
+    # As the view does (backend.service.keep_startup_objects_out_of_gc): a batch of 2,000 records
+    # allocates enough containers for many collections, and every full one would walk the ~56,000
+    # objects of the imported libraries again; frozen, they are never walked.
+    gc.collect()
+    gc.freeze()
     return worker, f"Worker {worker.worker_id} ready: broker {worker.bootstrap}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -11,7 +12,7 @@ import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
 from backend import events
-from backend.pipeline import OutcomeRefused, Pipeline, SaveResult, Tally
+from backend.pipeline import LOG_ROW_FIELDS, OutcomeRefused, Pipeline, SaveResult, Tally
 from backend.processing import DecodedRecord, Limits
 from backend.store import LogRow
 
@@ -322,3 +323,8 @@ def test_with_the_real_store_a_value_over_sqlites_limit_fails_alone(tmp_path) ->
     ]
     failed = [data for name, data in h.published if name == events.PROCESSING_FAILED]
     assert failed == [failed[0]] and failed[0]["error"] == stored[1].error
+
+
+def test_to_row_gives_log_row_its_fields_in_order() -> None:
+    """to_row builds LogRow positionally (the hot path): a reordered or added field must fail here."""
+    assert tuple(field.name for field in dataclasses.fields(LogRow)) == LOG_ROW_FIELDS
