@@ -153,6 +153,8 @@ HOSTILE_ENTRIES = [
     (event_log.headers_for(ROWS), rows_value([event_log.row_to_wire(row(0))[:5] + ["p"] + [None] * 16])),
     (event_log.headers_for(ROWS), rows_value([[["list"]] + event_log.row_to_wire(row(0))[1:]])),
     (event_log.headers_for(ROWS), rows_value([event_log.row_to_wire(row(0))[:-1] + ["@@not base64@@"]])),
+    (event_log.headers_for(ROWS), rows_value([event_log.row_to_wire(row(0))[:3] + [True] + [None] * 18])),
+    (event_log.headers_for(ROWS), rows_value([event_log.row_to_wire(row(0))[:4] + [1.5] + [None] * 17])),
     (event_log.headers_for(CONSUMER), b'{"v": 1, "consumer_id": "c"}'),  # missing fields
     (event_log.headers_for(CONSUMER), b'{"v": 1, "consumer_id": "c", "worker_id": "w", "status": 5}'),
     (
