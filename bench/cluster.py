@@ -23,9 +23,9 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from backend import events
-from bench.common import BackendProcess, Http, cpu_seconds, say
+from bench.common import BackendProcess, Http, broker, cpu_seconds, say
 from bench.throughput import create_topic, payload
-from bench.workers import broker, wait_committed_offsets, wait_settled
+from bench.workers import wait_committed_offsets, wait_settled
 
 WORKERS = 3
 VIEWS = 2

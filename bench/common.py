@@ -10,9 +10,10 @@ import queue
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -50,6 +51,24 @@ CONTRACT_VARIABLES = (
     "WORKER_CONSUMERS",
     "KAFKA_CLUSTER_ID",
 )
+
+
+@contextlib.contextmanager
+def broker() -> Iterator[str]:
+    """KAFKA_BOOTSTRAP_SERVERS, or an Apache Kafka of our own for the block (a phase run alone)."""
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        yield bootstrap
+        return
+    from scripts.kafka_launcher import ApacheKafka
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kafka = ApacheKafka(Path(tmp))
+        kafka.start()
+        try:
+            yield kafka.bootstrap
+        finally:
+            kafka.stop()
 
 
 def say(message: str) -> None:

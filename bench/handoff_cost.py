@@ -9,15 +9,10 @@ KAFKA_BOOTSTRAP_SERVERS, or starts its own Apache Kafka (scripts/kafka_launcher.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import statistics
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -29,25 +24,9 @@ from backend.consumers import consumer_options
 from backend.event_topics import ensure_event_topics
 from backend.handoff import Handoff, PlainHandoff, TransactionalHandoff
 from backend.pipeline import Pipeline
+from bench.common import broker
 
 BATCH = 500
-
-
-@contextlib.contextmanager
-def broker() -> Iterator[str]:
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if bootstrap:
-        yield bootstrap
-        return
-    from scripts.kafka_launcher import ApacheKafka
-
-    with tempfile.TemporaryDirectory() as tmp:
-        kafka = ApacheKafka(Path(tmp))
-        kafka.start()
-        try:
-            yield kafka.bootstrap
-        finally:
-            kafka.stop()
 
 
 def measure(bootstrap: str, batches: int, transactional: bool) -> list[float]:

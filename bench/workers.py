@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -42,7 +42,7 @@ from backend.config import Settings
 from backend.group_status import group_state_name, parse_members
 from backend.service import discover_cluster_id
 from backend.supervisor import spread
-from bench.common import CONTRACT_VARIABLES, REPO_ROOT, cpu_seconds, say
+from bench.common import CONTRACT_VARIABLES, REPO_ROOT, broker, cpu_seconds, say
 from bench.profiling import PySpy, render, summarize
 from bench.throughput import create_topic, payload, raw_consume
 
@@ -286,24 +286,6 @@ def run(
         # Every run in order: [worker processes, records/s, worker CPU us per record].
         "workers_runs": [[r.workers, round(r.rate), round(r.cpu_us_per_record, 1)] for r in runs],
     }
-
-
-@contextlib.contextmanager
-def broker() -> Iterator[str]:
-    """KAFKA_BOOTSTRAP_SERVERS, or an Apache Kafka of our own for the block."""
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if bootstrap:
-        yield bootstrap
-        return
-    from scripts.kafka_launcher import ApacheKafka
-
-    with tempfile.TemporaryDirectory() as tmp:
-        kafka = ApacheKafka(Path(tmp))
-        kafka.start()
-        try:
-            yield kafka.bootstrap
-        finally:
-            kafka.stop()
 
 
 def main() -> None:

@@ -21,6 +21,7 @@
 // Exits when stdin closes.
 import { io } from "socket.io-client";
 import WebSocket from "ws";
+import { openInterleaved } from "./open_all.mjs";
 import { createInterface } from "node:readline";
 
 const config = JSON.parse(process.argv[2] || "{}");
@@ -144,22 +145,11 @@ function openWebSocket(client) {
 
 async function openAll() {
   const started = now();
-  const kinds = [];
-  // Interleave the kinds so that both are spread over the ramp.
-  for (let i = 0; i < Math.max(config.sio, config.ws); i++) {
-    if (i < config.sio) kinds.push("sio");
-    if (i < config.ws) kinds.push("ws");
-  }
-  let failed = 0;
-  const batch = config.batch || 50;
-  for (let i = 0; i < kinds.length; i += batch) {
-    const opening = kinds.slice(i, i + batch).map((kind) => {
-      const client = newClient(kind);
-      clients.push(client);
-      return kind === "sio" ? openSocketIO(client) : openWebSocket(client);
-    });
-    failed += (await Promise.all(opening)).filter((ok) => !ok).length;
-  }
+  const failed = await openInterleaved(config, (kind) => {
+    const client = newClient(kind);
+    clients.push(client);
+    return kind === "sio" ? openSocketIO(client) : openWebSocket(client);
+  });
   const connected = clients.filter((c) => c.connected).length;
   out({ type: "ready", connected, failed, seconds: (now() - started) / 1000 });
 }
