@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import resource
 import socket
@@ -48,6 +49,16 @@ LOG_INTERVAL_S = 60.0
 ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's message for these errors
 
 HEADERS, BODY = "headers", "body"
+#: The longest request line and headers read (h11's buffer; 16 KiB by default). The REST API takes
+#: query values of up to 10,000 characters (a search pattern), up to ~120 KB once percent-encoded;
+#: a longer head is answered 414 or 431.
+MAX_REQUEST_HEAD_BYTES = 128 * 1024
+#: After refusing a request it could not read (too long, malformed), the server still reads and
+#: drops what the client sends, for up to this long or this many bytes, before it closes: a socket
+#: closed with unread data makes the kernel send a reset, and the client then sees "connection
+#: reset" instead of the answer (a lingering close, as Apache and nginx do).
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 4 * 1_048_576
 
 
 def connection_limit(requested: int | None) -> int:
@@ -210,6 +221,7 @@ class BoundedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._closed_by_us = False
         self._responses = 0  # completed on this connection: a kept-alive client once it is > 0
+        self._lingering: int | None = None  # bytes dropped since the refusal (None: not refused)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -217,8 +229,42 @@ class BoundedH11Protocol(H11Protocol):
         self._follow_request()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            self._lingering += len(data)
+            if self._lingering > LINGER_MAX_BYTES:
+                self.transport.abort()
+            return
         super().data_received(data)
         self._follow_request()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 could not read, with the status that says why (414, 431
+        or 400) and a lingering close, so that the client reads the answer instead of a reset."""
+        status, message = self._unreadable_request()
+        body = json.dumps({"error": message}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        response = h11.Response(status_code=status, headers=headers)
+        for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self._enter(None)
+        self._lingering = 0
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _unreadable_request(self) -> tuple[int, str]:
+        """Why h11 gave up: the request line or the headers outgrew its buffer, or they are malformed."""
+        buffered, _ = self.conn.trailing_data
+        limit = MAX_REQUEST_HEAD_BYTES
+        if len(buffered) <= limit:
+            return 400, "Invalid HTTP request received."
+        if b"\r\n" not in buffered:
+            return 414, f"The request line is longer than {limit} bytes."
+        return 431, f"The request line and headers are longer than {limit} bytes."
 
     def on_response_complete(self) -> None:
         self._responses += 1

@@ -14,7 +14,13 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from backend.config import ConfigError, Settings
-from backend.connection_guard import BoundedH11Protocol, ConnectionGuard, Listener, connection_limit
+from backend.connection_guard import (
+    MAX_REQUEST_HEAD_BYTES,
+    BoundedH11Protocol,
+    ConnectionGuard,
+    Listener,
+    connection_limit,
+)
 
 if TYPE_CHECKING:
     from backend.service import Backend
@@ -91,6 +97,7 @@ class HttpServers(threading.Thread):
             config = uvicorn.Config(
                 app,
                 http=functools.partial(BoundedH11Protocol, guard=self.guard),  # type: ignore[arg-type]
+                h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
                 timeout_keep_alive=self.backend.settings.http_keep_alive_timeout,  # type: ignore[arg-type]
                 ws=FastSendWebSocketProtocol,  # uvicorn's websockets-sansio, data frames built directly
                 ws_per_message_deflate=False,  # ~200-byte frames: deflate cost CPU and ~45 MiB per 1k clients

@@ -31,7 +31,15 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from backend.config import ConfigError
-from backend.connection_guard import ACCEPT_FAILED, FD_RESERVE, ConnectionGuard, Listener, connection_limit
+from backend.connection_guard import (
+    ACCEPT_FAILED,
+    FD_RESERVE,
+    LINGER_S,
+    MAX_REQUEST_HEAD_BYTES,
+    ConnectionGuard,
+    Listener,
+    connection_limit,
+)
 from tests.support import free_port, unique, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,6 +212,55 @@ def test_idle_keep_alive_is_closed_and_requests_on_it_work_before(backend: Proce
             sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert read_response(sock).startswith(b"HTTP/1.1 200")
         assert closed_by_server(sock, KEEP_ALIVE_TIMEOUT + GRACE)
+
+
+# --- requests too long to read -----------------------------------------------------------------
+
+
+def send_in_pieces(sock: socket.socket, data: bytes, piece: int = 16 * 1024) -> None:
+    """As a client on a network sends a big request: in pieces. (A request that arrives in one read
+    is parsed whole, whatever its size, and the app answers it. asyncio reads at most 256 KiB at a
+    time, so a request of 1 MB is always more than one read.)"""
+    for start in range(0, len(data), piece):
+        sock.sendall(data[start : start + piece])
+
+
+def refusal(port: int, request: bytes) -> tuple[bytes, dict]:
+    """Send ``request``; the server's whole answer and its JSON body. A reset fails the test."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        send_in_pieces(sock, request)
+        response = read_response(sock)
+        assert closed_by_server(sock, LINGER_S + GRACE)
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head, json.loads(body)
+
+
+@pytest.mark.parametrize("port", ["gateway", "producer"])
+def test_a_request_line_too_long_is_answered_414_not_reset(backend: Process, port: str) -> None:
+    """Seen by schemathesis: a GET with a generated query of some hundred KB got a connection reset.
+    The server closed with the request still arriving, and the kernel reset the connection."""
+    number = backend.gateway_port if port == "gateway" else backend.producer_port
+    target = b"/api/analytics/failed/records?pattern=" + b"%E2%9C%93" * 120_000  # 1 MB
+    head, body = refusal(number, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414"), head
+    assert "request line" in body["error"] and str(MAX_REQUEST_HEAD_BYTES) in body["error"]
+    assert healthy(backend.gateway)  # and the server goes on
+
+
+def test_headers_too_long_are_answered_431_not_reset(backend: Process) -> None:
+    request = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n"
+    head, body = refusal(backend.gateway_port, request)
+    assert head.startswith(b"HTTP/1.1 431"), head
+    assert "headers" in body["error"]
+
+
+def test_a_query_as_long_as_the_api_takes_is_answered_by_the_api(backend: Process) -> None:
+    """The longest pattern the API documents (10,000 characters), percent-encoded in its widest
+    form, fits the server's buffer even when it arrives in pieces."""
+    target = b"/api/analytics/failed/records?pattern=" + b"%F0%9F%98%80" * 10_000  # 120 KB
+    with socket.create_connection(("127.0.0.1", backend.gateway_port)) as sock:
+        send_in_pieces(sock, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
 
 
 def test_websocket_outlives_every_timeout(backend: Process) -> None:
