@@ -59,22 +59,29 @@ ACTIVE = "ACTIVE"
 INACTIVE = "INACTIVE"
 
 _second_cache: tuple[int, str] = (-1, "")
+_millis_cache: tuple[int, str] = (-1, "")
 
 
 def iso_from_ms(epoch_ms: int | float) -> str:
     """Epoch milliseconds as ISO-8601 UTC with milliseconds and Z.
 
-    Called several times per record on the hot path; strftime is the costly
-    part, so the formatted second is cached (the tuple swap is atomic).
+    Called three times per record on the hot path, mostly with the same or a close value:
+    strftime is the costly part, so the formatted second is cached, and so is the last whole
+    text (each tuple swap is atomic).
     """
-    global _second_cache
+    global _second_cache, _millis_cache
     millis = int(epoch_ms)
+    cached_millis, text = _millis_cache
+    if cached_millis == millis:
+        return text
     second, fraction = divmod(millis, 1000)
-    cached_second, text = _second_cache
+    cached_second, prefix = _second_cache
     if cached_second != second:
-        text = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        _second_cache = (second, text)
-    return f"{text}{fraction:03d}Z"
+        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_cache = (second, prefix)
+    text = f"{prefix}{fraction:03d}Z"
+    _millis_cache = (millis, text)
+    return text
 
 
 def ms_from_iso(text: str | None) -> int | None:

@@ -36,7 +36,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,7 +335,7 @@ class WrittenAlong(NamedTuple):
     """What :meth:`Store.save_outcomes` writes in the same transaction as the rows."""
 
     meta: dict[str, str]
-    journal: JournalEntry | None = None
+    journal: Sequence[JournalEntry] = ()
 
 
 @dataclass(frozen=True)
@@ -452,15 +452,17 @@ def _write_meta(cursor: sqlite3.Cursor, values: dict[str, str]) -> None:
     cursor.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
 
 
-def _write_journal(cursor: sqlite3.Cursor, entry: JournalEntry | None) -> None:
-    """Add a replay journal entry; entries more than JOURNAL_EVENTS events older go."""
-    if entry is None:
+def _write_journal(cursor: sqlite3.Cursor, entries: Sequence[JournalEntry]) -> None:
+    """Add replay journal entries; entries more than JOURNAL_EVENTS events older than the last go."""
+    if not entries:
         return
-    cursor.execute("INSERT OR REPLACE INTO replay_journal (first_seq, last_seq, entry) VALUES (?,?,?)", entry)
-    cursor.execute("DELETE FROM replay_journal WHERE first_seq < ?", (entry.first_seq - JOURNAL_EVENTS,))
+    sql = "INSERT OR REPLACE INTO replay_journal (first_seq, last_seq, entry) VALUES (?,?,?)"
+    cursor.executemany(sql, entries)
+    oldest_kept = entries[-1].first_seq - JOURNAL_EVENTS
+    cursor.execute("DELETE FROM replay_journal WHERE first_seq < ?", (oldest_kept,))
 
 
-def _tally(rows: list[LogRow], outcomes: list[Saved]) -> tuple[int, int]:
+def tally(rows: Iterable[LogRow], outcomes: Iterable[Saved]) -> tuple[int, int]:
     """(processed, failed): what a save adds to the counts (a row replaced by a FAILED one: failed)."""
     processed = failed = 0
     for row, outcome in zip(rows, outcomes, strict=True):
@@ -927,16 +929,16 @@ class Store:
         return present
 
     def _count(self, rows: list[LogRow], outcomes: list[Saved]) -> None:
-        processed, failed = _tally(rows, outcomes)
+        processed, failed = tally(rows, outcomes)
         with self._count_lock:
             self._in_flight.difference_update(row.log_id for row in rows)
             self._processed += processed
             self._failed += failed
 
-    def counts_after(self, rows: list[LogRow], outcomes: list[Saved]) -> Counts:
-        """The counts once a save with these outcomes is counted (called within the save: its
-        ``meta``/``journal`` callbacks see what the save will publish, before it is counted)."""
-        processed, failed = _tally(rows, outcomes)
+    def counts_after(self, processed: int, failed: int) -> Counts:
+        """The counts once a save that adds ``processed`` and ``failed`` (:func:`tally`) is counted
+        (called within the save: its ``along`` callback sees what the save will publish, before it
+        is counted)."""
         now = self.counts()
         return Counts(now.total + processed + failed, now.processed + processed, now.failed + failed)
 
@@ -950,8 +952,8 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self.set_meta_many({key: value})
 
-    def set_meta_many(self, values: dict[str, str], journal: JournalEntry | None = None) -> None:
-        """Several meta values (and a replay journal entry) in one transaction."""
+    def set_meta_many(self, values: dict[str, str], journal: Sequence[JournalEntry] = ()) -> None:
+        """Several meta values (and replay journal entries) in one transaction."""
         with self._transaction() as cursor:
             _write_meta(cursor, values)
             _write_journal(cursor, journal)

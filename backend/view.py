@@ -30,7 +30,17 @@ from backend.config import Settings
 from backend.event_log import ConsumerReport, RowsEntry, WorkerReport
 from backend.replay_journal import EventItems, row_events
 from backend.stats import statistics
-from backend.store import REFUSED, LogRow, Saved, Store, StoreUnavailable, WrittenAlong
+from backend.store import (
+    REFUSED,
+    Counts,
+    JournalEntry,
+    LogRow,
+    Saved,
+    Store,
+    StoreUnavailable,
+    WrittenAlong,
+    tally,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +51,51 @@ POLL_TIMEOUT_MS = 100
 RETRY_MAX_S = 5.0
 
 
+#: The most rows one SQLite transaction stores when the reader hands over several records at once
+#: (a view catching up). Every record still gets its own events, stats-updated and journal entry,
+#: exactly as if applied alone, so every view gives the same seqs however its polls were cut; one
+#: commit for many records is what changes. The log_id index takes random inserts: a commit writes
+#: about one page per row at 500 rows, far fewer per row at 5,000 (bench/README.md, "View apply").
+GROUP_MAX_ROWS = 5_000
+
+#: One events-topic record as the reader hands it over: (offset, headers, value).
+TopicRecord = tuple[int, Any, bytes | None]
+
+
+class _RowsGroup:
+    """Consecutive ``rows`` records applied in one SQLite transaction."""
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+        self.row_lists: list[list[LogRow]] = []
+        self.size = 0
+
+    def add(self, offset: int, rows: list[LogRow]) -> None:
+        self.offsets.append(offset)
+        self.row_lists.append(rows)
+        self.size += len(rows)
+
+    def unique_rows(self) -> tuple[list[LogRow], list[list[int | None]]]:
+        """The group's rows with a logId's later copies left out (a batch written twice), and for
+        each record where each of its rows went in that list (None: a copy)."""
+        rows: list[LogRow] = []
+        seen: set[str] = set()
+        places: list[list[int | None]] = []
+        for row_list in self.row_lists:
+            record_places: list[int | None] = []
+            for row in row_list:
+                if row.log_id in seen:
+                    record_places.append(None)
+                else:
+                    seen.add(row.log_id)
+                    record_places.append(len(rows))
+                    rows.append(row)
+            places.append(record_places)
+        return rows, places
+
+
 class EventsApplier:
-    """Applies events-topic records, one at a time and in order (one thread calls it)."""
+    """Applies events-topic records in order (one thread calls it)."""
 
     def __init__(self, store: Store, bus: EventBus, directory: ConsumerDirectory) -> None:
         self.store = store
@@ -59,18 +112,34 @@ class EventsApplier:
 
     def apply(self, offset: int, headers: Any, value: bytes | None) -> None:
         """Apply one record; raises StoreUnavailable (nothing applied: call again later)."""
-        try:
-            entry = event_log.decode_entry(headers, value)
-        except event_log.EventLogError as exc:
-            self._skip(offset, exc)
-            return
-        if isinstance(entry, RowsEntry):
-            self._apply_rows(offset, entry.rows)
-        elif isinstance(entry, ConsumerReport):
-            changed = self.directory.apply_consumer(entry)
-            self._announce_statuses(offset, [(entry.consumer_id, changed)] if changed else [])
-        elif isinstance(entry, WorkerReport):
-            self._announce_statuses(offset, self.directory.apply_worker(entry))
+        self.apply_many([(offset, headers, value)])
+
+    def apply_many(self, records: list[TopicRecord]) -> None:
+        """Apply records in order, consecutive ``rows`` records GROUP_MAX_ROWS rows per transaction.
+
+        Raises StoreUnavailable: what was applied before is kept, :attr:`position` says where to
+        go on from (the first record not applied).
+        """
+        group = _RowsGroup()
+        for offset, headers, value in records:
+            try:
+                entry = event_log.decode_entry(headers, value)
+            except event_log.EventLogError as exc:
+                group = self._apply_group(group)
+                self._skip(offset, exc)
+                continue
+            if isinstance(entry, RowsEntry):
+                if group.size and group.size + len(entry.rows) > GROUP_MAX_ROWS:
+                    group = self._apply_group(group)
+                group.add(offset, entry.rows)
+                continue
+            group = self._apply_group(group)
+            if isinstance(entry, ConsumerReport):
+                changed = self.directory.apply_consumer(entry)
+                self._announce_statuses(offset, [(entry.consumer_id, changed)] if changed else [])
+            elif isinstance(entry, WorkerReport):
+                self._announce_statuses(offset, self.directory.apply_worker(entry))
+        self._apply_group(group)
 
     def _skip(self, offset: int, exc: Exception) -> None:
         self._unreadable += 1
@@ -79,32 +148,43 @@ class EventsApplier:
         self.store.set_meta_many({POSITION_KEY: str(offset + 1)})
         self.position = offset + 1
 
-    def _apply_rows(self, offset: int, rows: list[LogRow]) -> None:
+    def _apply_group(self, group: _RowsGroup) -> _RowsGroup:
+        """Store the group's rows in one transaction; per record, publish what applying it alone
+        would have: the events of its new rows, then stats-updated as the counts were after it.
+        Returns the next (empty) group."""
+        if not group.offsets:
+            return group
+        rows, places = group.unique_rows()
         first_seq = self.bus.last_seq + 1
         items: EventItems = []
 
         def along(saved: list[Saved]) -> WrittenAlong:
-            """Within the save: the events it publishes, their journal entry, the new position."""
-            new_ids: list[str] = []
-            for row, result in zip(rows, saved, strict=True):
-                if result.new:
-                    if result.reason is not None:  # the store kept a FAILED row in its place
-                        row = _as_failed(row, result.reason)
-                    items.extend(row_events(row))
-                    new_ids.append(row.log_id)
-                elif result.kind == REFUSED:
-                    log.error("record %s could not be stored at all: %s", row.log_id, result.reason)
-            stats = [(events.STATS_UPDATED, self._stats_after(rows, saved))] if new_ids else []
-            items.extend(stats)
+            """Within the save: the events it publishes, their journal entries, the new position."""
+            journal: list[JournalEntry] = []
+            processed = failed = 0  # what the group's records so far add to the counts
+            for record_rows, record_places in zip(group.row_lists, places, strict=True):
+                record_first = first_seq + len(items)
+                carried = [(row, saved[place]) for row, place in zip(record_rows, record_places, strict=True)
+                           if place is not None]  # fmt: skip
+                new_ids = self._record_events(carried, items)
+                if not new_ids:
+                    continue
+                added = tally(*zip(*carried, strict=True))
+                processed, failed = processed + added[0], failed + added[1]
+                stats = [(events.STATS_UPDATED, self._stats(self.store.counts_after(processed, failed)))]
+                items.extend(stats)
+                if entry := replay_journal.entry(record_first, new_ids, stats):
+                    journal.append(entry)
             return WrittenAlong(
-                {POSITION_KEY: str(offset + 1), SEQ_KEY: str(first_seq - 1 + len(items))},
-                replay_journal.entry(first_seq, new_ids, stats),
+                {POSITION_KEY: str(group.offsets[-1] + 1), SEQ_KEY: str(first_seq - 1 + len(items))},
+                journal,
             )
 
         self.store.save_outcomes(rows, along)
-        self.position = offset + 1
+        self.position = group.offsets[-1] + 1
         if items:
             self.bus.publish_many(items)
+        return _RowsGroup()
 
     def _announce_statuses(self, offset: int, changes: list[tuple[str, str]]) -> None:
         items: EventItems = [
@@ -114,24 +194,38 @@ class EventsApplier:
         if items:
             items.append((events.STATS_UPDATED, self.stats()))
         first_seq = self.bus.last_seq + 1
+        entry = replay_journal.entry(first_seq, [], items)
         self.store.set_meta_many(
             {
                 POSITION_KEY: str(offset + 1),
                 SEQ_KEY: str(first_seq - 1 + len(items)),
                 DIRECTORY_KEY: self.directory.dump(),
             },
-            replay_journal.entry(first_seq, [], items),
+            [entry] if entry is not None else [],
         )
         self.position = offset + 1
         if items:
             self.bus.publish_many(items)
 
-    def _stats_after(self, rows: list[LogRow], saved: list[Saved]) -> dict[str, Any]:
-        """stats-updated as it will be once this save is counted (it is written in the journal)."""
-        return statistics(self.store.counts_after(rows, saved), self.directory.active_count())
+    @staticmethod
+    def _record_events(carried: list[tuple[LogRow, Saved]], items: EventItems) -> list[str]:
+        """Add the events of a record's new rows to ``items``; the logIds of those rows."""
+        new_ids: list[str] = []
+        for row, result in carried:
+            if result.new:
+                if result.reason is not None:  # the store kept a FAILED row in its place
+                    row = _as_failed(row, result.reason)
+                items.extend(row_events(row))
+                new_ids.append(row.log_id)
+            elif result.kind == REFUSED:
+                log.error("record %s could not be stored at all: %s", row.log_id, result.reason)
+        return new_ids
+
+    def _stats(self, counts: Counts) -> dict[str, Any]:
+        return statistics(counts, self.directory.active_count())
 
     def stats(self) -> dict[str, Any]:
-        return statistics(self.store.counts(), self.directory.active_count())
+        return self._stats(self.store.counts())
 
 
 def _as_failed(row: LogRow, error: str) -> LogRow:
@@ -217,20 +311,20 @@ class EventsReader(threading.Thread):
                 self._note(f"reading {self.settings.events_topic} failed: {exc}")
                 self._stopping.wait(0.5)
                 continue
-            for record in batch.get(tp, ()):
-                try:
-                    self.applier.apply(record.offset, record.headers, record.value)
-                except StoreUnavailable as exc:
-                    retry_s = min(max(retry_s * 2, 0.5), RETRY_MAX_S)
-                    self._note(f"events not stored, will retry: {exc}")
-                    consumer.seek(tp, record.offset)
-                    self._stopping.wait(retry_s)
-                    break
+            records = batch.get(tp, ())
+            try:
+                self.applier.apply_many([(r.offset, r.headers, r.value) for r in records])
+            except StoreUnavailable as exc:
+                retry_s = min(max(retry_s * 2, 0.5), RETRY_MAX_S)
+                self._note(f"events not stored, will retry: {exc}")
+                consumer.seek(tp, self.applier.position)
+                self._stopping.wait(retry_s)
+                continue
+            if records:
                 retry_s = 0.0
-            else:
-                self.problem = None
-                if not self.caught_up.is_set():
-                    self._check_caught_up(consumer, tp)
+            self.problem = None
+            if not self.caught_up.is_set():
+                self._check_caught_up(consumer, tp)
 
     def _check_caught_up(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
         """Position, not the last record applied: the position steps over transaction markers."""

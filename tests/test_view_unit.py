@@ -13,6 +13,7 @@ import pytest
 
 from backend import event_log, events
 from backend import store as store_module
+from backend import view as view_module
 from backend.bus import EventBus
 from backend.cluster import ConsumerDirectory, free_consumer_ids
 from backend.event_log import ConsumerReport, WorkerReport
@@ -32,7 +33,10 @@ def row(offset: int, status: str = events.PROCESSED, error: str | None = None) -
     )  # fmt: skip
 
 
-def rows_record(rows: list[LogRow]) -> tuple[list[tuple[str, bytes]], bytes]:
+TopicRecord = tuple[list[tuple[str, bytes]], bytes]
+
+
+def rows_record(rows: list[LogRow]) -> TopicRecord:
     (value,) = event_log.encode_rows(WORKER, "consumer-1", rows)
     return event_log.headers_for(event_log.ROWS), value
 
@@ -54,9 +58,18 @@ class View:
         self.bus.subscribe(self.events.append)
         self.applier = EventsApplier(self.store, self.bus, ConsumerDirectory())
 
-    def feed(self, records: list[tuple[list[tuple[str, bytes]], bytes]], first_offset: int = 0) -> None:
+    def feed(self, records: list[TopicRecord], first_offset: int = 0) -> None:
+        """One record at a time, as a view that is caught up gets them."""
         for offset, (headers, value) in enumerate(records, start=first_offset):
             self.applier.apply(offset, headers, value)
+
+    def feed_at_once(
+        self, records: list[tuple[list[tuple[str, bytes]], bytes]], first_offset: int = 0
+    ) -> None:
+        """All in one call, as one poll of a view that catches up hands them over."""
+        self.applier.apply_many(
+            [(offset, headers, value) for offset, (headers, value) in enumerate(records, start=first_offset)]
+        )
 
     def close(self) -> None:
         self.store.close()
@@ -184,6 +197,66 @@ def mixed_records() -> list[tuple[list[tuple[str, bytes]], bytes]]:
         report("consumer-1", events.INACTIVE, reporter="view:x"),
         rows_record([row(3)]),
     ]
+
+
+def published(view: View) -> list[tuple[int, str, dict]]:
+    """What the view published; the time of a stats or status event is the view's own clock."""
+    timed = (events.STATS_UPDATED, events.CONSUMER_STATUS_CHANGED)
+    return [
+        (e.seq, e.name, {k: v for k, v in e.data.items() if not (k == "timestamp" and e.name in timed)})
+        for e in view.events
+    ]
+
+
+def test_records_applied_together_publish_what_one_at_a_time_does(tmp_path: Path, monkeypatch) -> None:
+    """A view that catches up stores many records per transaction; its events (seq, name, data,
+    stats after each record) and journal are the same as a view that applied them one by one."""
+    monkeypatch.setattr(view_module, "GROUP_MAX_ROWS", 3)  # groups also split on size
+    records = [*mixed_records(), rows_record([row(4), row(5)]), rows_record([row(5), row(6), row(7)])]
+    alone, together = View(tmp_path / "a"), View(tmp_path / "b")
+    try:
+        alone.feed(records)
+        together.feed_at_once(records)
+        assert published(together) == published(alone)
+        stats = [e.data["totalMessages"] for e in together.events if e.name == events.STATS_UPDATED]
+        assert stats == sorted(stats) and stats[-1] == 8
+        assert together.applier.position == alone.applier.position == len(records)
+        last = alone.bus.last_seq
+        assert ReplayJournal(together.store).since(0, last) == together.events
+        entries = [(e.first_seq, e.last_seq) for e in together.store.journal(0, last)]
+        assert entries == [(e.first_seq, e.last_seq) for e in alone.store.journal(0, last)]  # one per record
+    finally:
+        alone.close()
+        together.close()
+
+
+def test_a_row_in_two_records_of_one_transaction_is_stored_and_announced_once(view: View) -> None:
+    view.feed_at_once([rows_record([row(0), row(1)]), rows_record([row(1), row(2)]), rows_record([row(2)])])
+    outcomes = [e.data["logId"] for e in view.events if e.name in events.OUTCOME_EVENTS]
+    assert outcomes == [row(0).log_id, row(1).log_id, row(2).log_id]
+    assert [e.data["totalMessages"] for e in view.events if e.name == events.STATS_UPDATED] == [2, 3]
+    assert view.store.counts().total == 3 and view.applier.position == 3
+
+
+def test_a_store_that_cannot_write_keeps_what_was_applied_and_says_where_to_go_on(
+    view: View, monkeypatch
+) -> None:
+    view.feed_at_once([rows_record([row(0)])])
+    real_save = view.store.save_outcomes
+
+    def refuse(*args, **kwargs):
+        raise store_module.StoreUnavailable("disk full")
+
+    monkeypatch.setattr(view.store, "save_outcomes", refuse)
+    with pytest.raises(store_module.StoreUnavailable):
+        view.feed_at_once(
+            [report("consumer-1"), rows_record([row(1)]), rows_record([row(2)])], first_offset=1
+        )
+    assert view.applier.position == 2  # the report was applied; the rows were not
+    assert view.store.counts().total == 1 and view.bus.last_seq == len(view.events)
+    monkeypatch.setattr(view.store, "save_outcomes", real_save)
+    view.feed_at_once([rows_record([row(1)]), rows_record([row(2)])], first_offset=2)
+    assert view.store.counts().total == 3 and view.applier.position == 4
 
 
 def test_the_journal_gives_back_every_published_event_after_a_restart(tmp_path: Path) -> None:
