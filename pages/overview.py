@@ -13,6 +13,7 @@ from dashboard.live_panel import live_panel
 LIVE_EVERY_S = 1.0  # when the browser cannot reach the gateway: the snapshots are the live feed
 STREAMING_EVERY_S = 15.0  # when it streams from /ws itself: snapshots are only a safety net
 CHARTS_EVERY_S = 5.0
+EMPTY_EVERY_S = 1.0  # while nothing has arrived: the invitation goes within a second of the first record
 THROUGHPUT_MINUTES = 5
 BUCKET_S = 5
 TOPICS_EVERY_S = 2.0
@@ -30,7 +31,9 @@ def topic_rows() -> list[dict]:
     feed = ui.feed()
     cached = st.session_state.get("overview_topics")
     fresh = cached and cached[0] == feed.outcomes_seen and cached[1] is feed.bus
-    if cached and (fresh or time.monotonic() - cached[2] < TOPICS_EVERY_S):
+    recent = cached and time.monotonic() - cached[2] < TOPICS_EVERY_S
+    stale_empty = cached and not cached[3] and feed.stats.get("totalMessages")  # the first records
+    if cached and (fresh or recent) and not stale_empty:
         return cached[3]
     rows = src.topic_summary()
     st.session_state["overview_topics"] = (feed.outcomes_seen, feed.bus, time.monotonic(), rows)
@@ -87,6 +90,10 @@ def live_snapshot() -> dict:
 # under 20 msg/s). The charts follow once per 5 s bucket.
 streaming = st.session_state.get("overview_streaming", False)
 live_every = STREAMING_EVERY_S if streaming else LIVE_EVERY_S
+# The charts' cadence is 5 s; on an empty store it is 1 s, so that the invitation, the empty chart
+# and "No topics yet" do not stay up to 5 s beside counters that already stream the first records.
+ui.feed().sync(src)
+empty = not ui.feed().stats.get("totalMessages")
 
 
 @st.fragment(run_every=live_every)
@@ -99,10 +106,12 @@ def counters() -> None:
         st.rerun(scope="app")
 
 
-@st.fragment(run_every=CHARTS_EVERY_S)
+@st.fragment(run_every=EMPTY_EVERY_S if empty else CHARTS_EVERY_S)
 def charts_and_topics() -> None:
     feed = ui.feed()
     feed.sync(src)
+    if empty and feed.stats.get("totalMessages"):
+        st.rerun(scope="app")  # the first records: draw them, at the 5-s cadence from now on
     # Here, not with the counters: this fragment runs every 5 s also while the browser streams, so
     # the invitation goes away soon after the first records arrive (the counters' run is every 15 s).
     if not feed.stats.get("totalMessages") and not producing.traffic.current:

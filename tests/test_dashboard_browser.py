@@ -103,7 +103,7 @@ def dashboard(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     work = tmp_path_factory.mktemp("dashboard-browser")
     topics = {
         name: make_topic_name(f"dash-{name}")
-        for name in ("live", "csv", "hostile", "fallback", "mixed", "retry", "flow", "burst")
+        for name in ("first", "live", "csv", "hostile", "fallback", "mixed", "retry", "flow", "burst")
     }
     for topic in topics.values():
         create_topic(kafka.bootstrap, topic, 3)
@@ -398,6 +398,25 @@ def test_the_overview_paints_and_settles(browser: Any, dashboard: Dashboard) -> 
         "opened before it by earlier tests); warm a second context right after",
     }
     print(f"first paint cold {cold} warm {warm}")
+
+
+def test_the_invitation_goes_once_the_first_record_arrives(
+    page: Any, dashboard: Dashboard, producer: KafkaProducer
+) -> None:
+    """On an empty store the Overview invites to send records. Once the first one is counted, the
+    invitation, the empty chart and "No topics yet" go: the page does not keep saying "nothing has
+    arrived" beside counters that stream records (they did for up to 5 s, the charts' cadence)."""
+    assert statistics_of(dashboard)["totalMessages"] == 0, "an earlier test stored records"
+    open_overview(page, dashboard)
+    invitation = page.get_by_text("Nothing has arrived yet.")
+    no_topics = page.get_by_text("No topics yet: nothing has been consumed.")
+    playwright_api.expect(invitation).to_be_visible()
+    playwright_api.expect(no_topics).to_be_visible()
+    send(producer, dashboard.topics["first"], b'{"first": true}')
+    playwright_api.expect(page.locator(COUNTER.format("totalMessages"))).to_have_text("1", timeout=30_000)
+    playwright_api.expect(invitation).to_be_hidden(timeout=30_000)
+    playwright_api.expect(no_topics).to_be_hidden()
+    playwright_api.expect(page.get_by_text(dashboard.topics["first"], exact=True)).to_be_visible()
 
 
 def test_counters_and_tail_follow_new_messages_without_a_reload(
