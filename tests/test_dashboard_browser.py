@@ -579,6 +579,80 @@ def statistics_of(dashboard: Dashboard) -> dict[str, Any]:
     return httpx.get(f"{dashboard.gateway}/api/consumers/statistics", timeout=10).json()
 
 
+#: In the page: what MESSAGES / S shows, four times a second ([ms, value]).
+RECORD_SHOWN_RATE = """() => {
+    window.__kdRates = [];
+    const selector = '.kd-root[data-part="counters"] .kd-value[data-k="rate"]';
+    const find = (root) => {  // the panel may be in a shadow root
+        const found = root.querySelector(selector);
+        if (found) return found;
+        for (const host of root.querySelectorAll("*")) {
+            const inner = host.shadowRoot && find(host.shadowRoot);
+            if (inner) return inner;
+        }
+        return null;
+    };
+    let el = null;
+    setInterval(() => {
+        if (!el || !el.isConnected) el = find(document);
+        const value = el ? Number(el.textContent.replace(/[^0-9.]/g, "")) : NaN;
+        if (!Number.isNaN(value)) window.__kdRates.push([Date.now(), value]);
+    }, 250);
+}"""
+RATE_WINDOW_S = 10.0  # the panel's rate is the outcome count's slope over the last 10 s
+
+
+class CountsRecorder(threading.Thread):
+    """The backend's own outcome count over time, from GET /api/consumers/statistics twice a second."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        super().__init__(daemon=True)
+        self.dashboard = dashboard
+        self.samples: list[tuple[float, int]] = []  # (ms, processed + failed)
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.5):
+            asked = time.time() * 1000
+            stats = statistics_of(self.dashboard)
+            answered = time.time() * 1000
+            outcomes = stats["processedMessages"] + stats["failedMessages"]
+            self.samples.append(((asked + answered) / 2, outcomes))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(10)
+
+    def count_at(self, at_ms: float) -> float:
+        """The count at ``at_ms``, linear between the two samples around it."""
+        before = [s for s in self.samples if s[0] <= at_ms]
+        after = [s for s in self.samples if s[0] > at_ms]
+        if not before or not after:
+            return float((before or after)[-1 if before else 0][1])
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 + (c1 - c0) * (at_ms - t0) / (t1 - t0)
+
+    def true_rate(self, at_ms: float) -> float:
+        """Outcomes a second over the 10 s before ``at_ms`` (the count held still before the first sample)."""
+        return (self.count_at(at_ms) - self.count_at(at_ms - RATE_WINDOW_S * 1000)) / RATE_WINDOW_S
+
+    def rate_errors(self, shown: list[list[float]], steady_only: bool) -> list[float]:
+        """|shown - true| / true in %, where the true rate is at least a tenth of its peak;
+        ``steady_only``: where it also held within 5 % of its value a second before (the page
+        redraws the rate once a second, so on a ramp it is up to a second behind by design)."""
+        measured = [
+            (value, self.true_rate(at), self.true_rate(at - 1000))
+            for at, value in shown
+            if self.samples[0][0] + 1000 <= at <= self.samples[-1][0]
+        ]
+        peak = max((true for _, true, _ in measured), default=0)
+        return [
+            100 * abs(value - true) / true
+            for value, true, before in measured
+            if true > 0 and true >= peak / 10 and (not steady_only or abs(true - before) <= 0.05 * true)
+        ]
+
+
 def produce_burst(bootstrap: str, topic: str, count: int) -> None:
     """``count`` records as fast as Kafka takes them, as any other application sends them."""
     client = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
@@ -602,6 +676,13 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
     expected_total = before["totalMessages"] + BURST
     expected_processed = before["processedMessages"] + BURST
     topic = dashboard.topics["burst"]
+    page.evaluate(RECORD_SHOWN_RATE)
+    truth = CountsRecorder(dashboard)
+    truth.start()
+    # MESSAGES / S is the slope over the last 10 s, or since the page opened when that is shorter:
+    # the burst starts once the page has its whole window, so both sides mean the same 10 s.
+    opened = time.time()
+    wait_for(lambda: time.time() > opened + RATE_WINDOW_S, 30, "the page's rate window")
     started = time.time()
     producing = threading.Thread(target=produce_burst, args=(dashboard.bootstrap, topic, BURST), daemon=True)
     producing.start()
@@ -646,6 +727,10 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
     assert counters.get_attribute("data-drops") == "0", "the panel's /ws was closed during the burst"
     assert counters.get_attribute("data-reconnects") == "0"
     page.screenshot(path=str(SCREENSHOTS / "overview-burst-after.png"))
+    # MESSAGES / S is the slope over 10 s: measured until the burst has left that window.
+    wait_for(lambda: time.time() * 1000 > processed_ms + RATE_WINDOW_S * 1000 + 1000, 30, "the rate window")
+    truth.stop()
+    shown_rates = page.evaluate("() => window.__kdRates")
     dashboard.latency["burst"] = {
         "records": BURST,
         "produced_and_processed_s": round(processed_ms / 1000 - started, 1),
@@ -656,9 +741,14 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
         # Where that time goes: backend and gateway until the event reached the page, then the page.
         "event_to_page_ms": summary([seen["arrivedMs"] - seen["eventMs"] for seen in streamed] or [0]),
         "page_to_screen_ms": summary([seen["shownMs"] - seen["arrivedMs"] for seen in streamed] or [0]),
+        # MESSAGES / S against the backend's own counts over the same 10 s.
+        "rate_error_pct_steady": summary(truth.rate_errors(shown_rates, steady_only=True) or [0]),
+        "rate_error_pct_all": summary(truth.rate_errors(shown_rates, steady_only=False) or [0]),
         "how": "KafkaProducer -> Apache Kafka -> backend; Overview open in headless Chromium, /ws mode=live "
         "maxRate=50; round trip: one page.evaluate while the backend processed the burst; event to "
-        "screen: message-received timestamp to the row's first DOM insertion, rows drawn during the burst",
+        "screen: message-received timestamp to the row's first DOM insertion, rows drawn during the burst; "
+        "rate error: MESSAGES / S read 4 times a second against the slope of the backend's own count "
+        "(REST twice a second) over the same 10 s, the page open 10 s before the burst",
     }
     print(f"burst: {dashboard.latency['burst']}")
 
