@@ -691,9 +691,11 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
         120,
         "the backend to take the first tenth of the burst",
     )
-    round_trip_start = time.perf_counter()
-    assert page.evaluate("() => window.__kdShown instanceof Map")  # the panel's script is loaded
-    round_trip_ms = (time.perf_counter() - round_trip_start) * 1000
+    round_trips = []  # JavaScript round trips while the burst is processed: is the tab responsive?
+    while len(round_trips) < 20 and statistics_of(dashboard)["processedMessages"] < expected_processed:
+        started_at = time.perf_counter()
+        assert page.evaluate("() => window.__kdShown instanceof Map")  # the panel's script is loaded
+        round_trips.append((time.perf_counter() - started_at) * 1000)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "overview-burst-during.png"))
     wait_for(lambda: statistics_of(dashboard)["processedMessages"] >= expected_processed, 180, "the burst")
@@ -734,7 +736,7 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
     dashboard.latency["burst"] = {
         "records": BURST,
         "produced_and_processed_s": round(processed_ms / 1000 - started, 1),
-        "js_round_trip_during_burst_ms": round(round_trip_ms, 1),
+        "js_round_trip_during_burst_ms": summary(round_trips or [0]),
         "records_skipped_by_the_tail": skipped,
         "tail_rows_shown_during_burst": shown_during,
         "event_to_screen_ms": summary(lags),
@@ -745,8 +747,9 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
         "rate_error_pct_steady": summary(truth.rate_errors(shown_rates, steady_only=True) or [0]),
         "rate_error_pct_all": summary(truth.rate_errors(shown_rates, steady_only=False) or [0]),
         "how": "KafkaProducer -> Apache Kafka -> backend; Overview open in headless Chromium, /ws mode=live "
-        "maxRate=50; round trip: one page.evaluate while the backend processed the burst; event to "
-        "screen: message-received timestamp to the row's first DOM insertion, rows drawn during the burst; "
+        "maxRate=50; round trip: page.evaluate, again and again while the backend processed the burst; "
+        "event to screen: message-received timestamp to the row's first DOM insertion, rows drawn during "
+        "the burst; "
         "rate error: MESSAGES / S read 4 times a second against the slope of the backend's own count "
         "(REST twice a second) over the same 10 s, the page open 10 s before the burst",
     }
