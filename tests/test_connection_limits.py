@@ -157,7 +157,7 @@ def read_response(sock: socket.socket) -> bytes:
     length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
     while len(body) < length:
         body += sock.recv(65536)
-    return data
+    return head + b"\r\n\r\n" + body
 
 
 def dribble(sock: socket.socket, data: bytes, every: float, until_closed_within: float) -> float | None:
