@@ -918,14 +918,25 @@ class Store:
 
     @staticmethod
     def _present_locked(cursor: sqlite3.Cursor, rows: list[LogRow]) -> set[str]:
-        """Which rows are stored already, read inside the write transaction (so it stays true)."""
+        """Which rows are stored already, read inside the write transaction (so it stays true).
+
+        Looked up by position (cluster, topic, partition, offset), the ordered unique index, not by
+        logId: a record stored before logIds became positional (events.make_log_id) had another id.
+        """
+        offsets: dict[tuple[str, str, int], dict[int, str]] = {}
+        for row in rows:
+            offsets.setdefault((row.cluster_id, row.topic, row.partition), {})[row.offset] = row.log_id
         present: set[str] = set()
-        for start in range(0, len(rows), 500):
-            chunk = [row.log_id for row in rows[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            present.update(
-                r[0] for r in cursor.execute(f"SELECT log_id FROM log_rows WHERE log_id IN ({marks})", chunk)
-            )
+        for (cluster_id, topic, partition), ids in offsets.items():
+            wanted = list(ids)
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                sql = (
+                    'SELECT "offset" FROM log_rows WHERE cluster_id = ? AND topic = ? AND partition = ? '
+                    f'AND "offset" IN ({",".join("?" * len(chunk))})'
+                )
+                stored = cursor.execute(sql, (cluster_id, topic, partition, *chunk))
+                present.update(ids[offset] for (offset,) in stored)
         return present
 
     def _count(self, rows: list[LogRow], outcomes: list[Saved]) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
+from backend.analytics_api import LOG_ID_PATTERN
 from backend.events import FAILED, PROCESSED, make_log_id
-from backend.store import LogRow, Store
+from backend.store import DUPLICATE, INSERTED, LogRow, Store
 from tests.support import wait_for
 
 
@@ -99,3 +102,34 @@ def test_commits_never_checkpoint_and_close_folds_the_wal_back(tmp_path: Path) -
         assert reopened.counts().total == 3000
     finally:
         reopened.close()
+
+
+def test_log_ids_are_stable_uuid_shaped_and_sort_in_offset_order() -> None:
+    """Same position, same id; a partition's ids sort by offset (the store's index then appends)."""
+    uuid_shape = re.compile(LOG_ID_PATTERN)
+    ids = [make_log_id("c1", "orders", 2, offset) for offset in (0, 1, 9, 10, 255, 256, 2**40, 2**64 - 1)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert make_log_id("c1", "orders", 2, 9) == ids[2]
+    others = {
+        make_log_id("c2", "orders", 2, 9),
+        make_log_id("c1", "payments", 2, 9),
+        make_log_id("c1", "orders", 3, 9),
+    }
+    assert ids[2] not in others and len(others) == 3
+    beyond = [
+        make_log_id("c1", "orders", 70_000, 1),
+        make_log_id("c1", "orders", 0, 2**64),
+        make_log_id("c", "t", -1, 0),
+    ]
+    assert all(uuid_shape.match(log_id) for log_id in [*ids, *others, *beyond])
+    assert len(set(beyond)) == 3
+
+
+def test_a_record_stored_under_an_older_log_id_is_not_stored_again(tmp_path: Path) -> None:
+    """Ids were random-looking hashes before; a redelivery after the upgrade is still a duplicate."""
+    store = Store(tmp_path)
+    older = dataclasses.replace(row(5), log_id="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+    assert store.save([older]) == [True]
+    assert [saved.kind for saved in store.save_outcomes([row(5), row(6)])] == [DUPLICATE, INSERTED]
+    assert store.counts().total == 2
+    assert store.log(older.log_id) is not None and store.log(row(6).log_id) is not None
