@@ -6,10 +6,10 @@ A view applies every row every worker wrote, in one thread: it is the pipeline's
 workers (several processes) outpace it, and in a burst its backlog is what the screen shows late.
 This feeds :class:`backend.view.EventsApplier` the records a worker writes (``encode_rows`` of
 realistic rows), into a store that already holds ``--warm`` rows (before logIds were positional
-the log_id index took random inserts, and the cost per row grew with the store), twice: one record per call, as a view that is
-caught up gets them, and ``--poll`` records per call, as one poll of a view that catches up hands
-them over (one SQLite transaction for up to ``GROUP_MAX_ROWS`` rows). Prints rows/s and the
-process's CPU per row (the store's checkpoint thread included).
+the log_id index took random inserts, and the cost per row grew with the store), twice: one record
+per call, as a view that is caught up gets them, and ``--poll`` records per call, as one poll of a
+view that catches up hands them over (one SQLite transaction for up to ``GROUP_MAX_ROWS`` rows).
+Prints rows/s and the process's CPU per row (the store's checkpoint thread included).
 """
 
 from __future__ import annotations
