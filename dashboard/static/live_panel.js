@@ -420,12 +420,17 @@ class LiveView {
       if (this.latencyText.textContent !== text) this.latencyText.textContent = text;
     }
     if (this.part === "tail") this.renderSkipped();
+    this.renderRateValue();
+  }
+
+  renderRateValue() {
+    // With every counters render too, not only once a second: as a burst starts or stops the rate
+    // moves by thousands a second, and a figure a second old was off by tens of percent.
     const el = this.part === "counters" ? this.values.rate : null;
-    if (el) {
-      const r = this.rate();
-      const text = r >= 10 ? FORMAT.format(Math.round(r)) : r.toFixed(1);
-      if (el.textContent !== text) el.textContent = text;
-    }
+    if (!el) return;
+    const r = this.rate();
+    const text = r >= 10 ? FORMAT.format(Math.round(r)) : r.toFixed(1);
+    if (el.textContent !== text) el.textContent = text;
   }
 
   renderSkipped() {
@@ -448,6 +453,7 @@ class LiveView {
       const text = v === undefined || v === null ? "–" : FORMAT.format(v);
       if (el.textContent !== text) el.textContent = text;
     }
+    this.renderRateValue();
     if (this.part === "tail") {
       this.renderTail();
       this.renderSkipped();
