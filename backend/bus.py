@@ -23,6 +23,9 @@ from backend.events import Event
 log = logging.getLogger(__name__)
 
 Subscriber = Callable[[Event], None]
+#: Gets each publish whole (one call per ``publish_many``): a reader that takes what arrived so far
+#: from another thread then never sees half of one (a record's events without the stats after them).
+BatchSubscriber = Callable[[list[Event]], None]
 SEQ_BLOCK = 100_000
 
 
@@ -40,7 +43,7 @@ class EventBus:
         self._seq = start_seq
         self._reserve = reserve
         self._reserved_until = start_seq
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: list[tuple[Callable[..., None], bool]] = []  # (callback, whole batches)
 
     @property
     def last_seq(self) -> int:
@@ -67,13 +70,16 @@ class EventBus:
                 self._seq += 1
                 published.append(Event(self._seq, name, data))
             self._ring.extend(published)
-            for subscriber in tuple(self._subscribers):
+            for subscriber, batches in tuple(self._subscribers):
                 try:
-                    for event in published:
-                        subscriber(event)
+                    if batches:
+                        subscriber(published)
+                    else:
+                        for event in published:
+                            subscriber(event)
                 except Exception:  # a broken reader must not break the publisher
                     log.exception("event subscriber failed; removing it")
-                    self._subscribers.remove(subscriber)
+                    self._subscribers.remove((subscriber, batches))
         return published
 
     def _reserve_block(self) -> None:
@@ -83,33 +89,27 @@ class EventBus:
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Register a non-blocking callback; returns the function that unsubscribes it."""
-        with self._lock:
-            self._subscribers.append(subscriber)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if subscriber in self._subscribers:
-                    self._subscribers.remove(subscriber)
-
-        return unsubscribe
+        return self.subscribe_from(self.last_seq, subscriber)[1]
 
     def subscribe_from(
-        self, last_seq: int, subscriber: Subscriber
+        self, last_seq: int, subscriber: Subscriber | BatchSubscriber, *, batches: bool = False
     ) -> tuple[list[Event] | None, Callable[[], None]]:
         """Atomically take the backlog after ``last_seq`` and subscribe to what follows.
 
         Returns (backlog, unsubscribe); backlog is None when events after
         ``last_seq`` are no longer held, and the reader must resync.
         No event is lost or doubled between the backlog and the live stream.
+        ``batches``: ``subscriber`` gets each publish's list of events whole (a BatchSubscriber).
         """
+        entry = (subscriber, batches)
         with self._lock:
             backlog = self._since_locked(last_seq)
-            self._subscribers.append(subscriber)
+            self._subscribers.append(entry)
 
         def unsubscribe() -> None:
             with self._lock:
-                if subscriber in self._subscribers:
-                    self._subscribers.remove(subscriber)
+                if entry in self._subscribers:
+                    self._subscribers.remove(entry)
 
         return backlog, unsubscribe
 

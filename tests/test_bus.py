@@ -71,3 +71,37 @@ def test_numbers_continue_after_a_restart_without_reuse() -> None:
     assert reserved == [SEQ_BLOCK]
     second = EventBus(start_seq=reserved[-1])  # a crash: restart from the reservation
     assert second.publish("x", {}).seq == SEQ_BLOCK + 1
+
+
+def test_a_batch_subscriber_gets_each_publish_whole_while_another_thread_drains() -> None:
+    """The gateway drains what arrived from its own thread at every live tick: it must never take
+    half a publish (a record's events without the stats-updated after them)."""
+    bus = EventBus(capacity=1_000)
+    lock = threading.Lock()
+    inbox: list[Event] = []
+    drained: list[list[Event]] = []
+
+    def receive(published: list[Event]) -> None:
+        with lock:
+            inbox.extend(published)
+
+    bus.subscribe_from(0, receive, batches=True)
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set():
+            with lock:
+                taken, inbox[:] = list(inbox), []
+            if taken:
+                drained.append(taken)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    for batch in range(200):
+        bus.publish_many([("x", {"batch": batch}) for _ in range(499)] + [("stats", {"batch": batch})])
+    done.set()
+    reader.join()
+    drained.append(inbox)
+    assert [event.seq for chunk in drained for event in chunk] == list(range(1, 100_001))
+    for chunk in drained:
+        assert not chunk or (chunk[0].seq % 500 == 1 and chunk[-1].name == "stats"), "half a publish taken"

@@ -431,7 +431,7 @@ class Fanout:
         """
         self.bus, self._loop, self.history = bus, asyncio.get_running_loop(), history
         start = bus.last_seq
-        backlog, self._unsubscribe = bus.subscribe_from(start, self._receive)
+        backlog, self._unsubscribe = bus.subscribe_from(start, self._receive, batches=True)
         self.dispatched = self.live_dispatched = backlog[-1].seq if backlog else start
         for event in bus.since(max(bus.oldest_seq - 1, 0)) or ():
             self._note(event)
@@ -448,11 +448,15 @@ class Fanout:
             if task:
                 task.cancel()
 
-    def _receive(self, event: Event) -> None:
-        """Bus callback, in the publishing thread under the bus lock: hand over, never wait."""
+    def _receive(self, published: list[Event]) -> None:
+        """Bus callback, in the publishing thread under the bus lock: hand over, never wait.
+
+        One publish at a time, whole: a live tick then never carries a record's events without the
+        stats-updated published after them (records-skipped could say more than the counters did).
+        """
         with self._lock:
-            self._inbox.append(event)
-            self._live_inbox.append(event)
+            self._inbox.extend(published)
+            self._live_inbox.extend(published)
             if self._scheduled:
                 return
             self._scheduled = True
