@@ -89,7 +89,10 @@ class EventBus:
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Register a non-blocking callback; returns the function that unsubscribes it."""
-        return self.subscribe_from(self.last_seq, subscriber)[1]
+        entry = (subscriber, False)
+        with self._lock:
+            self._subscribers.append(entry)
+        return self._remover(entry)
 
     def subscribe_from(
         self, last_seq: int, subscriber: Subscriber | BatchSubscriber, *, batches: bool = False
@@ -105,13 +108,15 @@ class EventBus:
         with self._lock:
             backlog = self._since_locked(last_seq)
             self._subscribers.append(entry)
+        return backlog, self._remover(entry)
 
+    def _remover(self, entry: tuple[Callable[..., None], bool]) -> Callable[[], None]:
         def unsubscribe() -> None:
             with self._lock:
                 if entry in self._subscribers:
                     self._subscribers.remove(entry)
 
-        return backlog, unsubscribe
+        return unsubscribe
 
     def since(self, last_seq: int, limit: int | None = None) -> list[Event] | None:
         """Events after ``last_seq`` in order, or None when some of them are gone."""

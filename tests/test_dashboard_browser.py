@@ -664,13 +664,15 @@ def produce_burst(bootstrap: str, topic: str, count: int) -> None:
         client.close()
 
 
-#: What the tail says it left out and what TOTAL MESSAGES shows (None before the first number).
+#: Whether the panel's script is loaded, what the tail says it left out and what TOTAL MESSAGES
+#: shows (None before the first number).
 SKIPPED_AND_COUNTED = """() => {
     const tail = document.querySelector('.kd-root[data-part="tail"]');
     const total = document.querySelector('.kd-root[data-part="counters"] .kd-value[data-k="totalMessages"]');
     const counted = Number((total ? total.textContent : "").replace(/,/g, ""));
     const skipped = Number(tail ? tail.dataset.skipped || 0 : 0);
-    return { skipped, counted: total && Number.isFinite(counted) ? counted : null };
+    const loaded = window.__kdShown instanceof Map;  // the panel's script is loaded
+    return { loaded, skipped, counted: total && Number.isFinite(counted) ? counted : null };
 }"""
 
 
@@ -717,6 +719,7 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
         started_at = time.perf_counter()
         shown = page.evaluate(SKIPPED_AND_COUNTED)
         round_trips.append((time.perf_counter() - started_at) * 1000)
+        assert shown["loaded"]  # the panel's script is loaded
         if shown["counted"] is not None:
             skipped_ahead.append(shown["skipped"] - (shown["counted"] - before["totalMessages"]))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
