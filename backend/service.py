@@ -179,7 +179,7 @@ class Backend:
         ensure_event_topics(self.bootstrap, self.settings)
         self.bus = EventBus(start_seq=EventsApplier.start_seq(self.store))
         applier = EventsApplier(self.store, self.bus, self.directory)
-        self.reader = EventsReader(self.settings, self.bootstrap, applier)
+        self.reader = EventsReader(self.settings, self.bootstrap, applier, self.instance)
         self.reader.start()
         if self.settings.runs_workers:
             self._start_workers()

@@ -245,6 +245,8 @@ class WorkerSupervisor:
             KAFKA_CLUSTER_ID=self.cluster_id,
             KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
         )
+        if self.settings.role == "all":  # our parent is a view: keep pace with it (backend.view_pace)
+            env["WORKER_PACE_VIEW"] = self.instance
         if self.settings.embedded:
             env["EMBEDDED_BROKER"] = "1"
         else:

@@ -41,6 +41,7 @@ from backend.store import (
     WrittenAlong,
     tally,
 )
+from backend.view_pace import PositionSharer, view_group
 
 log = logging.getLogger(__name__)
 
@@ -242,11 +243,17 @@ class EventsReader(threading.Thread):
     a wait that grows to 5 s; nothing after it is applied before it.
     """
 
-    def __init__(self, settings: Settings, bootstrap: str, applier: EventsApplier) -> None:
+    def __init__(
+        self, settings: Settings, bootstrap: str, applier: EventsApplier, instance: str | None = None
+    ) -> None:
+        """``instance``: the view's instance id; its position is then shared through Kafka for the
+        workers that keep pace with it (:mod:`backend.view_pace`)."""
         super().__init__(name="events-reader", daemon=True)
         self.settings = settings
         self.bootstrap = bootstrap
         self.applier = applier
+        self.group = view_group(settings.events_topic, instance) if instance else None
+        self._sharer = PositionSharer(TopicPartition(settings.events_topic, 0))
         self.caught_up = threading.Event()
         self.problem: str | None = None
         self._target: int | None = None
@@ -282,6 +289,7 @@ class EventsReader(threading.Thread):
 
         consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap,
+            group_id=self.group,  # assigned, never subscribed: the group only holds our position
             enable_auto_commit=False,
             isolation_level=self.settings.isolation_level,
             auto_offset_reset="earliest",
@@ -322,9 +330,18 @@ class EventsReader(threading.Thread):
                 continue
             if records:
                 retry_s = 0.0
+            if self.group is not None:
+                self._sharer.share(consumer, self._position(consumer, tp))
             self.problem = None
             if not self.caught_up.is_set():
                 self._check_caught_up(consumer, tp)
+
+    @staticmethod
+    def _position(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+        """The next offset to read, transaction markers stepped over; local state only."""
+        state = consumer._subscription.assignment.get(tp)  # noqa: SLF001 - position() may block
+        position = getattr(state, "position", None)
+        return getattr(position, "offset", None)
 
     def _check_caught_up(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
         """Position, not the last record applied: the position steps over transaction markers."""

@@ -15,6 +15,9 @@ Environment, besides the settings of :class:`backend.config.Settings`:
 - ``WORKER_CONSUMERS``: the consumer ids to start, comma separated (unset: consumer-1 ..
   consumer-CONSUMER_COUNT; set and empty: none, the worker waits for ``start`` commands).
 - ``KAFKA_CLUSTER_ID``: part of every ``logId``; asked of the cluster when unset.
+- ``WORKER_PACE_VIEW``: a view's instance id (its ``DATA_DIR/instance-id``); the consumers then
+  poll only while that view keeps up (:mod:`backend.view_pace`). ``BACKEND_ROLE=all`` sets it for
+  the workers it starts; unset, a worker runs at its own speed.
 
 SIGTERM/SIGINT stop it cleanly (each consumer finishes its batch, reports INACTIVE), then it
 writes ``down`` and exits 0. A bad setting ends it with one line on stderr and exit code 2.
@@ -42,6 +45,7 @@ from backend.event_log import Command, ConsumerReport, WorkerReport
 from backend.event_topics import ensure_event_topics
 from backend.handoff import Handoff, PlainHandoff, TransactionalHandoff, producer_options
 from backend.pipeline import Pipeline
+from backend.view_pace import ViewPace
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ class WorkerIdentity:
     worker_id: str
     consumer_ids: tuple[str, ...]
     cluster_id: str | None  # None: ask the cluster
+    pace_view: str | None = None  # the view instance to keep pace with (WORKER_PACE_VIEW)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], settings: Settings) -> WorkerIdentity:
@@ -78,7 +83,10 @@ class WorkerIdentity:
         cluster_id = env.get("KAFKA_CLUSTER_ID", "").strip() or None
         if not settings.bootstrap_servers:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is required for a worker (it never starts a broker)")
-        return cls(worker_id, consumers, cluster_id)
+        pace_view = env.get("WORKER_PACE_VIEW", "").strip() or None
+        if pace_view is not None:
+            _check_name("WORKER_PACE_VIEW", pace_view)
+        return cls(worker_id, consumers, cluster_id, pace_view)
 
 
 def _check_name(variable: str, value: str) -> None:
@@ -106,6 +114,7 @@ class Worker:
         self.pool: ConsumerPool | None = None
         self._reports: KafkaProducer | None = None
         self._control: ControlReader | None = None
+        self._pace: ViewPace | None = None
 
     def start(self) -> Worker:
         """Topics, reports producer, control position, ``up``, then the consumers."""
@@ -127,6 +136,9 @@ class Worker:
             limits=processing.Limits.from_settings(self.settings),
             counts_changed=lambda: None,
         )
+        if self.identity.pace_view is not None:
+            self._pace = ViewPace(self.bootstrap, self.settings, self.identity.pace_view)
+            self._pace.start()
         self.pool = ConsumerPool(
             self.settings,
             self.bootstrap,
@@ -135,6 +147,7 @@ class Worker:
             lambda: None,
             handoff_factory=self._handoff,
             report=self._report_consumer,
+            pace=self._pace,
         )
         self._control = ControlReader(self.bootstrap, self.settings, self._apply)
         self._control.seek_to_end()  # before "up": a command sent after "up" is seen
@@ -159,6 +172,8 @@ class Worker:
         if self.pool is not None:
             running = [worker.consumer_id for worker in self.pool.running()]
             self.pool.stop_all()
+        if self._pace is not None:
+            self._pace.stop()
         if self._reports is not None:
             self._write_worker("down", running)
             self._reports.flush(timeout=10)

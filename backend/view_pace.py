@@ -1,0 +1,168 @@
+"""Workers keep pace with their view, through Kafka: a burst queues in the source topic, not after it.
+
+Why: two worker processes carry ~47,000 records/s on this 2-core machine, while the view they feed
+(in the same process as Streamlit and the gateway, beside the broker and the browser) stores
+8,000-12,000 a second. Without a pace the workers ran ahead through a 200,000-record burst: the
+records waited in the events topic, already "received", and a row reached the screen 4-7 s after
+its ``message-received`` (bench/README.md, "The view is the pipeline's ceiling"). Worse, the
+source topic's lag read 0 while the screens were seconds behind: the wait was where no Kafka
+tool shows it. Kafka is the buffer; the wait belongs in the source topic, where consumer lag
+says how far behind the whole pipeline is.
+
+How, talking only through Kafka:
+
+- a view commits its position in the events topic (the next offset it applies, transaction
+  markers stepped over) as the offset of the consumer group :func:`view_group`, at most every
+  :data:`SHARE_EVERY_S`. ``kafka-consumer-groups --describe`` then also shows how far a view is
+  behind its events topic;
+- a worker started with ``WORKER_PACE_VIEW`` (a view's instance id; ``BACKEND_ROLE=all`` sets it
+  for the workers it starts) reads that offset and the topic's end, and its consumers poll their
+  next batch only while the view is at most :data:`AHEAD_LIMIT` offsets behind.
+
+A view that stops applying (disk full, killed, never started) must not stop the workers: when its
+offset has not moved for :data:`STALLED_S` while behind, the workers go on at full speed (the events
+topic keeps everything for the view). A consumer never waits more than :data:`MAX_WAIT_S` without
+polling, well inside ``max_poll_interval_ms`` (10 s), so it keeps its partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from backend.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: How far (events-topic offsets) the view may be behind before the workers wait: about three
+#: handoffs (each a rows record and its transaction marker), a few hundred ms of the view's work.
+AHEAD_LIMIT = 4
+#: A view shares its position at most this often (one OffsetCommit).
+SHARE_EVERY_S = 0.05
+#: A worker asks for the view's position and the topic's end this often while it hands over.
+PROBE_EVERY_S = 0.05
+#: Probing stops this long after the last handoff (an idle worker asks nothing).
+PROBE_FOR_S = 2.0
+#: A view whose position has not moved for this long while behind is not waited for.
+STALLED_S = 2.0
+#: The longest a consumer waits without polling.
+MAX_WAIT_S = 3.0
+
+
+def view_group(events_topic: str, view_instance: str) -> str:
+    """The consumer group whose committed offset is a view's position in the events topic."""
+    return f"{events_topic}.view.{view_instance}"
+
+
+class PositionSharer:
+    """The view's side: commits its reader's position as its group's offset, rate-limited."""
+
+    def __init__(self, partition: TopicPartition) -> None:
+        self.partition = partition
+        self._shared: int | None = None
+        self._shared_at = 0.0
+
+    def share(self, consumer: KafkaConsumer, position: int | None) -> None:
+        """Commit ``position`` (asynchronously) if it moved and the last commit is old enough."""
+        now = time.monotonic()
+        if position is None or position == self._shared or now - self._shared_at < SHARE_EVERY_S:
+            return
+        self._shared, self._shared_at = position, now
+        try:
+            consumer.commit_async({self.partition: OffsetAndMetadata(position, "", -1)}, callback=_shared)
+        except Exception as exc:  # the broker is away: the next position is shared later
+            log.debug("view position not shared: %s", exc)
+            self._shared = None
+
+
+def _shared(offsets: object, result: object) -> None:
+    if isinstance(result, Exception):
+        log.debug("view position not shared: %s", result)
+
+
+class ViewPace(threading.Thread):
+    """The worker's side: whether its consumers may poll, from the view's offset and the topic's end."""
+
+    def __init__(self, bootstrap: str, settings: Settings, view_instance: str) -> None:
+        super().__init__(name="view-pace", daemon=True)
+        self.partition = TopicPartition(settings.events_topic, 0)
+        self.group = view_group(settings.events_topic, view_instance)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=self.group,  # never subscribes: only reads the group's committed offset
+            enable_auto_commit=False,
+            isolation_level=settings.isolation_level,
+            request_timeout_ms=5_000,
+            **settings.kafka_client_options(),
+        )
+        self._clear = threading.Event()  # set: the consumers may poll
+        self._clear.set()
+        self._wanted = threading.Event()
+        self._wanted_until = 0.0
+        self._stopping = threading.Event()
+        self._position: int | None = None
+        self._moved_at = time.monotonic()
+        self.behind: int | None = None  # the last probe's answer (None: the view shared nothing)
+        self.probes = 0
+
+    def may_poll(self) -> bool:
+        """Whether the consumers may poll now (the view is near enough, stalled or unknown)."""
+        return self._clear.is_set()
+
+    def handed_off(self) -> None:
+        """A batch went to the events topic: watch the view for a while."""
+        self._wanted_until = time.monotonic() + PROBE_FOR_S
+        self._wanted.set()
+
+    def wait_turn(self, stopping: threading.Event, meanwhile: Callable[[], None]) -> None:
+        """Return once the view is near enough (or stalled), after MAX_WAIT_S, or when stopping."""
+        deadline = time.monotonic() + MAX_WAIT_S
+        while not self._clear.is_set() and not stopping.is_set():
+            self.handed_off()  # keep probing while someone waits
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._clear.wait(min(left, 0.25))
+            meanwhile()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wanted.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if time.monotonic() >= self._wanted_until:
+                    self._clear.set()
+                    self._wanted.clear()
+                    self._wanted.wait()
+                    continue
+                self._probe()
+                self._stopping.wait(PROBE_EVERY_S)
+        finally:
+            self._clear.set()
+            self._consumer.close(autocommit=False)
+
+    def _probe(self) -> None:
+        try:
+            end = self._consumer.end_offsets([self.partition], timeout_ms=2_000)[self.partition]
+            committed = self._consumer.committed(self.partition, timeout_ms=2_000)
+        except Exception as exc:  # the broker is away: do not hold the consumers back
+            log.debug("view pace unknown: %s", exc)
+            self._clear.set()
+            return
+        self.probes += 1
+        now = time.monotonic()
+        if committed != self._position:
+            self._position, self._moved_at = committed, now
+        self.behind = None if committed is None else max(end - committed, 0)
+        stalled = now - self._moved_at >= STALLED_S
+        if self.behind is None or self.behind <= AHEAD_LIMIT or stalled:
+            self._clear.set()
+        else:
+            self._clear.clear()
