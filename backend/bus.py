@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -44,6 +45,10 @@ class EventBus:
         self._reserve = reserve
         self._reserved_until = start_seq
         self._subscribers: list[tuple[Callable[..., None], bool]] = []  # (callback, whole batches)
+        #: When a reader last pulled events (:meth:`since`; time.monotonic()): a dashboard session
+        #: or a replaying client is watching. Workers keep pace with a watched view only
+        #: (backend/view_pace.py).
+        self.pulled_at = float("-inf")
 
     @property
     def last_seq(self) -> int:
@@ -120,11 +125,17 @@ class EventBus:
 
     def since(self, last_seq: int, limit: int | None = None) -> list[Event] | None:
         """Events after ``last_seq`` in order, or None when some of them are gone."""
+        self.pulled_at = time.monotonic()
         with self._lock:
             events = self._since_locked(last_seq)
         if events is not None and limit is not None:
             return events[-limit:]
         return events
+
+    def held(self) -> list[Event]:
+        """Every event still held, oldest first (a start-up's look back, not a reader's pull)."""
+        with self._lock:
+            return list(self._ring)
 
     def _since_locked(self, last_seq: int) -> list[Event] | None:
         if last_seq >= self._seq:

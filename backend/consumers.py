@@ -52,11 +52,11 @@ MAX_POLL_RECORDS = 500
 #: measured together, ~1.5x the records/s and less CPU per record; bench/README.md). When records
 #: trickle in, a poll returns what is there, so latency is the same.
 WORKER_POLL_RECORDS = 2_000
-#: A worker that keeps pace with its view (backend.view_pace) polls smaller batches: the view, not the
-#: transaction, bounds its rate then, and a row reaches the screen after its batch's transaction and
-#: its view's apply, both shorter for a smaller batch. 200,000-record burst with the Overview open:
-#: event to screen p99 1.1-1.5 s with 2,000, 1.0-1.1 s with 1,000, 0.7-0.8 s with 500, the burst
-#: processed no slower (bench/README.md, "Workers keep pace with their view").
+#: A worker that keeps pace with its view while it is watched (backend.view_pace) polls smaller
+#: batches: the view, not the transaction, bounds its rate then, and a row reaches the screen after
+#: its batch's transaction and its view's apply, both shorter for a smaller batch. 200,000-record
+#: burst with the Overview open: event to screen p99 1.1-1.5 s with 2,000, 1.0-1.1 s with 1,000,
+#: 0.6-0.8 s with 500, the burst processed no slower (bench/README.md, "Workers keep pace").
 PACED_POLL_RECORDS = 500
 #: A batch that could not be stored is read again after this wait, doubled per failure up to the
 #: maximum: a store that cannot write (disk full) costs no CPU, and 5 s keeps the poll loop well
@@ -210,11 +210,9 @@ class ConsumerWorker(threading.Thread):
         self.assign_mode = assign_mode
         self.slot = slot
         self.handoff_factory = handoff_factory
-        #: Records per poll: a worker hands each batch over in one transaction (WORKER_POLL_RECORDS,
-        #: PACED_POLL_RECORDS when it keeps pace with a view).
-        self._max_records = MAX_POLL_RECORDS
-        if handoff_factory is not None:
-            self._max_records = PACED_POLL_RECORDS if pace is not None else WORKER_POLL_RECORDS
+        #: Records per poll: a worker hands each batch over in one transaction (WORKER_POLL_RECORDS;
+        #: PACED_POLL_RECORDS while it keeps pace with a watched view: see _poll_records).
+        self._max_records = WORKER_POLL_RECORDS if handoff_factory is not None else MAX_POLL_RECORDS
         self.report = report
         self.pace = pace  # a worker's: poll only while its view keeps up (backend.view_pace)
         self._handoff: Handoff | None = None
@@ -359,7 +357,7 @@ class ConsumerWorker(threading.Thread):
             if self.pace is not None:
                 self.pace.wait_turn(self._stopping, self._report)
             try:
-                batch = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records)
+                batch = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=self._poll_records())
             except Exception as exc:  # broker trouble: keep trying, the loop is the recovery
                 self._fail(f"poll failed: {exc}")
                 self._stopping.wait(0.5)
@@ -369,6 +367,9 @@ class ConsumerWorker(threading.Thread):
                 self._handle_or_rewind(consumer, batch)
             self._update_positions(consumer)
             self._report()
+
+    def _poll_records(self) -> int:
+        return PACED_POLL_RECORDS if self.pace is not None and self.pace.watched else self._max_records
 
     def _handle_or_rewind(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> None:
         """Handle a batch; if storing fails (disk full, I/O error), rewind, wait and read it again.

@@ -46,6 +46,8 @@ CONNECT_TIMEOUT_S = 10.0
 CATCH_UP_WAIT_S = 30.0
 #: How long starting or stopping a consumer waits for the worker's answer.
 COMMAND_WAIT_S = 20.0
+#: A dashboard session that read the bus this recently still watches (its fragments run every 15 s).
+WATCHED_FOR_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ class Backend:
         ensure_event_topics(self.bootstrap, self.settings)
         self.bus = EventBus(start_seq=EventsApplier.start_seq(self.store))
         applier = EventsApplier(self.store, self.bus, self.directory)
-        self.reader = EventsReader(self.settings, self.bootstrap, applier, self.instance)
+        self.reader = EventsReader(self.settings, self.bootstrap, applier, self.instance, self.watched)
         self.reader.start()
         if self.settings.runs_workers:
             self._start_workers()
@@ -326,6 +328,13 @@ class Backend:
     def http_serving(self) -> bool:
         """Whether this process serves the gateway and the producer API."""
         return bool(self._http is not None and self._http.is_alive() and self._http.ready.is_set())
+
+    def watched(self) -> bool:
+        """Whether anybody watches this view live: a client of its gateway, or a dashboard session
+        that read its bus lately. Only then do its workers keep pace with it (backend/view_pace.py)."""
+        if time.monotonic() - self.bus.pulled_at < WATCHED_FOR_S:
+            return True
+        return bool(self.gateway_clients())
 
     def gateway_clients(self) -> int | None:
         """Socket.IO and /ws clients connected to this process's gateway (None when not serving)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -244,14 +245,20 @@ class EventsReader(threading.Thread):
     """
 
     def __init__(
-        self, settings: Settings, bootstrap: str, applier: EventsApplier, instance: str | None = None
+        self,
+        settings: Settings,
+        bootstrap: str,
+        applier: EventsApplier,
+        instance: str | None = None,
+        watched: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``instance``: the view's instance id; its position is then shared through Kafka for the
-        workers that keep pace with it (:mod:`backend.view_pace`)."""
+        """``instance``: the view's instance id; its position, and whether anybody ``watched`` it,
+        are then shared through Kafka for the workers that keep pace with it (backend.view_pace)."""
         super().__init__(name="events-reader", daemon=True)
         self.settings = settings
         self.bootstrap = bootstrap
         self.applier = applier
+        self.watched = watched
         self.group = view_group(settings.events_topic, instance) if instance else None
         self._sharer = PositionSharer(TopicPartition(settings.events_topic, 0))
         self.caught_up = threading.Event()
@@ -331,7 +338,7 @@ class EventsReader(threading.Thread):
             if records:
                 retry_s = 0.0
             if self.group is not None:
-                self._sharer.share(consumer, self._position(consumer, tp))
+                self._sharer.share(consumer, self._position(consumer, tp), self.watched())
             self.problem = None
             if not self.caught_up.is_set():
                 self._check_caught_up(consumer, tp)

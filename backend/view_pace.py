@@ -13,11 +13,16 @@ How, talking only through Kafka:
 
 - a view commits its position in the events topic (the next offset it applies, transaction
   markers stepped over) as the offset of the consumer group :func:`view_group`, at most every
-  :data:`SHARE_EVERY_S`. ``kafka-consumer-groups --describe`` then also shows how far a view is
-  behind its events topic;
+  :data:`SHARE_EVERY_S`, with the metadata :data:`WATCHED` while anybody watches it live (a
+  client of its gateway, a dashboard session). ``kafka-consumer-groups --describe`` then also
+  shows how far a view is behind its events topic;
 - a worker started with ``WORKER_PACE_VIEW`` (a view's instance id; ``BACKEND_ROLE=all`` sets it
-  for the workers it starts) reads that offset and the topic's end, and its consumers poll their
-  next batch only while the view is at most :data:`AHEAD_LIMIT` offsets behind.
+  for the workers it starts) reads that offset and the topic's end; while the view is watched,
+  its consumers poll batches of ``PACED_POLL_RECORDS`` and only while the view is at most
+  :data:`AHEAD_LIMIT` offsets behind. While nobody watches, they run at full speed: a small
+  batch and a short queue cost a catch-up a third of its rate (bench/README.md), and nobody
+  would see the latency they buy. The embedded broker keeps no commit metadata: there the workers
+  keep pace whether the view is watched or not.
 
 A view that stops applying (disk full, killed, never started) must not stop the workers: when its
 offset has not moved for :data:`STALLED_S` while behind, the workers go on at full speed (the events
@@ -54,6 +59,10 @@ STALLED_S = 2.0
 MAX_WAIT_S = 3.0
 
 
+#: The commit metadata of a view that somebody watches live.
+WATCHED = "watched"
+
+
 def view_group(events_topic: str, view_instance: str) -> str:
     """The consumer group whose committed offset is a view's position in the events topic."""
     return f"{events_topic}.view.{view_instance}"
@@ -64,17 +73,21 @@ class PositionSharer:
 
     def __init__(self, partition: TopicPartition) -> None:
         self.partition = partition
-        self._shared: int | None = None
+        self._shared: tuple[int, bool] | None = None
         self._shared_at = 0.0
 
-    def share(self, consumer: KafkaConsumer, position: int | None) -> None:
-        """Commit ``position`` (asynchronously) if it moved and the last commit is old enough."""
+    def share(self, consumer: KafkaConsumer, position: int | None, watched: bool) -> None:
+        """Commit ``position`` and ``watched`` (asynchronously) if either changed, at most every
+        SHARE_EVERY_S."""
         now = time.monotonic()
-        if position is None or position == self._shared or now - self._shared_at < SHARE_EVERY_S:
+        if position is None or (position, watched) == self._shared or now - self._shared_at < SHARE_EVERY_S:
             return
-        self._shared, self._shared_at = position, now
+        self._shared, self._shared_at = (position, watched), now
+        metadata = WATCHED if watched else ""
         try:
-            consumer.commit_async({self.partition: OffsetAndMetadata(position, "", -1)}, callback=_shared)
+            consumer.commit_async(
+                {self.partition: OffsetAndMetadata(position, metadata, -1)}, callback=_shared
+            )
         except Exception as exc:  # the broker is away: the next position is shared later
             log.debug("view position not shared: %s", exc)
             self._shared = None
@@ -108,6 +121,7 @@ class ViewPace(threading.Thread):
         self._position: int | None = None
         self._moved_at = time.monotonic()
         self.behind: int | None = None  # the last probe's answer (None: the view shared nothing)
+        self.watched = False  # whether the view said that somebody watches it live
         self.probes = 0
 
     def may_poll(self) -> bool:
@@ -151,18 +165,21 @@ class ViewPace(threading.Thread):
     def _probe(self) -> None:
         try:
             end = self._consumer.end_offsets([self.partition], timeout_ms=2_000)[self.partition]
-            committed = self._consumer.committed(self.partition, timeout_ms=2_000)
+            shared = self._consumer.committed(self.partition, metadata=True, timeout_ms=2_000)
         except Exception as exc:  # the broker is away: do not hold the consumers back
             log.debug("view pace unknown: %s", exc)
             self._clear.set()
             return
         self.probes += 1
         now = time.monotonic()
+        committed = None if shared is None else shared.offset
         if committed != self._position:
             self._position, self._moved_at = committed, now
+        # The embedded broker (Tansu) keeps no commit metadata (None): there, watched or not, keep pace.
+        self.watched = shared is not None and shared.metadata in (WATCHED, None)
         self.behind = None if committed is None else max(end - committed, 0)
         stalled = now - self._moved_at >= STALLED_S
-        if self.behind is None or self.behind <= AHEAD_LIMIT or stalled:
+        if not self.watched or self.behind is None or self.behind <= AHEAD_LIMIT or stalled:
             self._clear.set()
         else:
             self._clear.clear()

@@ -1,8 +1,9 @@
 """Workers keep pace with their view through Kafka (backend/view_pace.py), on real brokers.
 
 A view shares its position in the events topic as a consumer group's offset, which the broker's own
-``kafka-consumer-groups`` shows; a worker's consumers poll only while that view is at most
-AHEAD_LIMIT offsets behind, and never wait for a view that stopped applying.
+``kafka-consumer-groups`` shows, and whether anybody watches it; while it is watched a worker's
+consumers poll small batches and only while that view is at most AHEAD_LIMIT offsets behind. They
+never wait for a view that stopped applying, nor for one that nobody watches.
 """
 
 from __future__ import annotations
@@ -58,7 +59,16 @@ def test_a_view_shares_its_position_in_its_group(bootstrap: str, tmp_path: Path)
         partition = TopicPartition(events_topic, 0)
         try:
             end = lambda: reader.end_offsets([partition])[partition]  # noqa: E731
-            wait_for(lambda: reader.committed(partition) == end(), 30, "the view's position shared")
+            shared = lambda: reader.committed(partition, metadata=True)  # noqa: E731
+            # At least the end: the embedded broker may answer less (ListOffsets "latest" is its last
+            # batch's base offset + 1); on Apache Kafka it is the end (the next test checks lag 0).
+            wait_for(lambda: shared().offset >= end(), 30, "the view's position shared")
+            if backend.settings.embedded or shared().metadata is None:
+                return  # the embedded broker keeps no commit metadata (its workers always keep pace)
+            assert shared().metadata == ""  # nobody watches: no client, no dashboard session
+            backend.bus.since(backend.bus.last_seq)  # a dashboard session reads the bus
+            wait_for(lambda: shared().metadata == view_pace.WATCHED, 30, "the view shared that it is watched")
+            assert shared().offset >= end()
         finally:
             reader.close()
     finally:
@@ -156,6 +166,31 @@ def test_a_view_that_stops_applying_is_not_waited_for(events_topic: tuple[Settin
         view.close()
 
 
+def test_a_view_that_nobody_watches_holds_nobody_back(kafka: Any) -> None:
+    """Nobody would see the latency a short queue buys: the workers run at full speed. (Apache Kafka
+    only: the embedded broker keeps no commit metadata, so there the workers always keep pace.)"""
+    settings = Settings(bootstrap_servers=kafka.bootstrap, group_id=unique("pace"))
+    bootstrap = kafka.bootstrap
+    ensure_event_topics(bootstrap, settings)
+    instance = unique("view")
+    view = _FakeViewPosition(bootstrap, settings, instance)
+    pace = ViewPace(bootstrap, settings, instance)
+    pace.start()
+    try:
+        end = _write_records(bootstrap, settings, AHEAD_LIMIT + 6)
+        view.commit(0, watched=False)
+        pace.handed_off()
+        wait_for(lambda: pace.behind == end, 30, "the pace to see the view behind")
+        assert not pace.watched
+        assert pace.may_poll()
+        view.commit(0)  # somebody opened the dashboard
+        wait_for(lambda: pace.watched, 30, "the pace to see the view watched")
+        assert not pace.may_poll()
+    finally:
+        pace.stop()
+        view.close()
+
+
 def test_a_view_that_never_shared_a_position_holds_nobody_back(events_topic: tuple[Settings, str]) -> None:
     settings, bootstrap = events_topic
     pace = ViewPace(bootstrap, settings, unique("nobody"))
@@ -197,8 +232,9 @@ class _FakeViewPosition:
         self.consumer = _group_reader(bootstrap, view_group(settings.events_topic, instance))
         self.consumer.assign([self.partition])
 
-    def commit(self, offset: int) -> None:
-        self.consumer.commit({self.partition: OffsetAndMetadata(offset, "", -1)})
+    def commit(self, offset: int, watched: bool = True) -> None:
+        metadata = view_pace.WATCHED if watched else ""
+        self.consumer.commit({self.partition: OffsetAndMetadata(offset, metadata, -1)})
 
     def close(self) -> None:
         self.consumer.close()

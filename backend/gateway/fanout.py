@@ -433,7 +433,7 @@ class Fanout:
         start = bus.last_seq
         backlog, self._unsubscribe = bus.subscribe_from(start, self._receive, batches=True)
         self.dispatched = self.live_dispatched = backlog[-1].seq if backlog else start
-        for event in bus.since(max(bus.oldest_seq - 1, 0)) or ():
+        for event in bus.held():
             self._note(event)
             if event.name == events.STATS_UPDATED:
                 self.latest_stats = Outgoing(event)
