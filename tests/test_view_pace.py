@@ -8,6 +8,7 @@ never wait for a view that stopped applying, nor for one that nobody watches.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,93 +103,80 @@ def events_topic(bootstrap: str) -> Iterator[tuple[Settings, str]]:
     yield settings, bootstrap
 
 
+@contextlib.contextmanager
+def paced_by_a_view(settings: Settings, bootstrap: str) -> Iterator[tuple[ViewPace, _FakeViewPosition, int]]:
+    """A worker's pace, the view it follows (positions committed by hand), and the events topic's
+    end after AHEAD_LIMIT + 6 records: a view at offset 0 is too far behind."""
+    instance = unique("view")
+    view = _FakeViewPosition(bootstrap, settings, instance)
+    pace = ViewPace(bootstrap, settings, instance)
+    pace.start()
+    try:
+        yield pace, view, _write_records(bootstrap, settings, AHEAD_LIMIT + 6)
+    finally:
+        pace.stop()
+        view.close()
+
+
+def _waiting_consumer(pace: ViewPace) -> threading.Event:
+    """A consumer thread waiting for its turn; the event is set once it may poll."""
+    went = threading.Event()
+
+    def consumer() -> None:
+        pace.wait_turn(threading.Event(), lambda: None)
+        went.set()
+
+    threading.Thread(target=consumer, daemon=True).start()
+    return went
+
+
 def test_consumers_wait_while_the_view_is_behind_and_go_once_it_catches_up(
     events_topic: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(view_pace, "STALLED_S", 60.0)  # only catching up lets the consumer go here
     monkeypatch.setattr(view_pace, "MAX_WAIT_S", 60.0)
-    settings, bootstrap = events_topic
-    instance = unique("view")
-    view = _FakeViewPosition(bootstrap, settings, instance)
-    pace = ViewPace(bootstrap, settings, instance)
-    pace.start()
-    try:
-        end = _write_records(bootstrap, settings, AHEAD_LIMIT + 6)
+    with paced_by_a_view(*events_topic) as (pace, view, end):
         view.commit(0)
         pace.handed_off()
         wait_for(lambda: pace.behind == end, 30, "the pace to see the view behind")
         assert not pace.may_poll()
-
-        waiting = threading.Event()
-        went = threading.Event()
-
-        def consumer() -> None:
-            waiting.set()
-            pace.wait_turn(threading.Event(), lambda: None)
-            went.set()
-
-        threading.Thread(target=consumer, daemon=True).start()
-        waiting.wait(5)
+        went = _waiting_consumer(pace)
         view.commit(end - AHEAD_LIMIT)  # the view moved: near enough now
         assert went.wait(30), "the consumer did not go on once the view caught up"
         assert pace.behind == AHEAD_LIMIT
         assert pace.may_poll()
-    finally:
-        pace.stop()
-        view.close()
 
 
-def test_a_view_that_stops_applying_is_not_waited_for(events_topic: tuple[Settings, str]) -> None:
+def test_a_view_that_stops_applying_is_not_waited_for(
+    events_topic: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Disk full, killed, or gone: its position stands still, and after STALLED_S the workers go on."""
-    settings, bootstrap = events_topic
-    instance = unique("view")
-    view = _FakeViewPosition(bootstrap, settings, instance)
-    pace = ViewPace(bootstrap, settings, instance)
-    pace.start()
-    try:
-        end = _write_records(bootstrap, settings, AHEAD_LIMIT + 6)
+    monkeypatch.setattr(view_pace, "MAX_WAIT_S", 60.0)  # only the stall lets the consumer go here
+    with paced_by_a_view(*events_topic) as (pace, view, end):
         view.commit(1)
         pace.handed_off()
         wait_for(lambda: pace.behind == end - 1, 30, "the pace to see the view behind")
-        stopping = threading.Event()
-        returned = threading.Event()
-
-        def consumer() -> None:
-            pace.wait_turn(stopping, lambda: None)
-            returned.set()
-
-        threading.Thread(target=consumer, daemon=True).start()
+        went = _waiting_consumer(pace)
         wait_for(pace.may_poll, 30, "a stalled view to be let go")
-        assert returned.wait(30)
+        assert went.wait(30)
         assert pace.behind == end - 1  # still behind: let go because it stopped, not because it caught up
-    finally:
-        pace.stop()
-        view.close()
 
 
 def test_a_view_that_nobody_watches_holds_nobody_back(kafka: Any) -> None:
     """Nobody would see the latency a short queue buys: the workers run at full speed. (Apache Kafka
     only: the embedded broker keeps no commit metadata, so there the workers always keep pace.)"""
     settings = Settings(bootstrap_servers=kafka.bootstrap, group_id=unique("pace"))
-    bootstrap = kafka.bootstrap
-    ensure_event_topics(bootstrap, settings)
-    instance = unique("view")
-    view = _FakeViewPosition(bootstrap, settings, instance)
-    pace = ViewPace(bootstrap, settings, instance)
-    pace.start()
-    try:
-        end = _write_records(bootstrap, settings, AHEAD_LIMIT + 6)
+    ensure_event_topics(kafka.bootstrap, settings)
+    with paced_by_a_view(settings, kafka.bootstrap) as (pace, view, end):
         view.commit(0, watched=False)
         pace.handed_off()
         wait_for(lambda: pace.behind == end, 30, "the pace to see the view behind")
         assert not pace.watched
         assert pace.may_poll()
-        view.commit(0)  # somebody opened the dashboard
+        view.commit(1)  # somebody opened the dashboard (and the view moved: it is not stalled)
         wait_for(lambda: pace.watched, 30, "the pace to see the view watched")
+        assert pace.behind == end - 1
         assert not pace.may_poll()
-    finally:
-        pace.stop()
-        view.close()
 
 
 def test_a_view_that_never_shared_a_position_holds_nobody_back(events_topic: tuple[Settings, str]) -> None:
