@@ -447,7 +447,7 @@ class ConsumerWorker(threading.Thread):
         rows = self.pipeline.rows_for(self.consumer_id, records)
         self._handoff.send(consumer, rows, offsets)
         if self.pace is not None:
-            self.pace.handed_off()
+            self.pace.handed_off(len(records))
         counts = tally(rows, [True] * len(rows))
         with self._lock:
             self.snapshot.processed += counts.processed

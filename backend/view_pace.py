@@ -19,7 +19,7 @@ How, talking only through Kafka:
 - a worker started with ``WORKER_PACE_VIEW`` (a view's instance id; ``BACKEND_ROLE=all`` sets it
   for the workers it starts) reads that offset and the topic's end; while the view is watched,
   its consumers poll batches of ``PACED_POLL_RECORDS`` and only while the view is at most
-  :data:`AHEAD_LIMIT` offsets behind. While nobody watches, they run at full speed: a small
+  :data:`MAX_DELAY_S` behind. While nobody watches, they run at full speed: a small
   batch and a short queue cost a catch-up a third of its rate (bench/README.md), and nobody
   would see the latency they buy. The embedded broker keeps no commit metadata: there the workers
   keep pace whether the view is watched or not.
@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
@@ -44,17 +45,25 @@ from backend.config import Settings
 
 log = logging.getLogger(__name__)
 
-#: How far (events-topic offsets) the view may be behind before the workers wait: about three
-#: handoffs (each a rows record and its transaction marker), a few hundred ms of the view's work.
-AHEAD_LIMIT = 4
+#: How long records may have waited for the view (since a probe first saw the topic's end past the
+#: view's position) before the workers wait. A time, not a count of offsets: a position shared up
+#: to SHARE_EVERY_S + PROBE_EVERY_S ago looks a few offsets behind at any moment, and the queue's
+#: age is what the screen's latency is made of. Through a burst the queue stays about this long
+#: plus those intervals: 0.1-0.2 s of the view's work (0.2 s here gave event to screen p99
+#: 0.95-1.3 s, 0.1 s 0.63-1.1 s; bench/README.md, "Workers keep pace with their view").
+MAX_DELAY_S = 0.1
 #: A view shares its position at most this often (one OffsetCommit).
 SHARE_EVERY_S = 0.05
 #: A worker asks for the view's position and the topic's end this often while it hands over.
 PROBE_EVERY_S = 0.05
+#: Probing starts when a worker hands over this many records in a second (below, no view falls behind).
+BUSY_RECORDS_PER_S = 1_000
 #: Probing stops this long after the last handoff (an idle worker asks nothing).
 PROBE_FOR_S = 2.0
 #: A view whose position has not moved for this long while behind is not waited for.
 STALLED_S = 2.0
+#: Ends remembered while the view is behind (one per probe that saw the end move).
+MAX_ENDS_KEPT = 1_000
 #: The longest a consumer waits without polling.
 MAX_WAIT_S = 3.0
 
@@ -117,10 +126,13 @@ class ViewPace(threading.Thread):
         self._clear.set()
         self._wanted = threading.Event()
         self._wanted_until = 0.0
+        self._counted_since, self._counted = 0.0, 0  # records handed over in the current second
         self._stopping = threading.Event()
         self._position: int | None = None
         self._moved_at = time.monotonic()
-        self.behind: int | None = None  # the last probe's answer (None: the view shared nothing)
+        self.behind: int | None = None  # offsets, at the last probe (None: the view shared nothing)
+        self.delay = 0.0  # seconds since a probe first saw the end past the view's position
+        self._ends: deque[tuple[float, int]] = deque()  # (probed at, end) past the view's position
         self.watched = False  # whether the view said that somebody watches it live
         self.probes = 0
 
@@ -128,16 +140,30 @@ class ViewPace(threading.Thread):
         """Whether the consumers may poll now (the view is near enough, stalled or unknown)."""
         return self._clear.is_set()
 
-    def handed_off(self) -> None:
-        """A batch went to the events topic: watch the view for a while."""
-        self._wanted_until = time.monotonic() + PROBE_FOR_S
-        self._wanted.set()
+    def handed_off(self, records: int) -> None:
+        """``records`` went to the events topic. Probing starts once this worker hands over
+        BUSY_RECORDS_PER_S in a second, and goes on PROBE_FOR_S after the last handoff: a view
+        applies thousands a second, so a trickle never needs a pace, and probing at every record of
+        one cost the end-to-end latency ~8 ms at the median (two requests per probe, and the GIL
+        they take from the consumers).
+        """
+        now = time.monotonic()
+        if now - self._counted_since >= 1.0:
+            self._counted_since, self._counted = now, 0
+        self._counted += records
+        if self._counted >= BUSY_RECORDS_PER_S:
+            self._wanted_until = now + PROBE_FOR_S
+            self._wanted.set()
+
+    def probing(self) -> bool:
+        """Whether this pace asks after the view now (a busy worker, or a consumer waiting)."""
+        return time.monotonic() < self._wanted_until
 
     def wait_turn(self, stopping: threading.Event, meanwhile: Callable[[], None]) -> None:
         """Return once the view is near enough (or stalled), after MAX_WAIT_S, or when stopping."""
         deadline = time.monotonic() + MAX_WAIT_S
         while not self._clear.is_set() and not stopping.is_set():
-            self.handed_off()  # keep probing while someone waits
+            self._wanted_until = time.monotonic() + PROBE_FOR_S  # keep probing while someone waits
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -178,8 +204,20 @@ class ViewPace(threading.Thread):
         # The embedded broker (Tansu) keeps no commit metadata (None): there, watched or not, keep pace.
         self.watched = shared is not None and shared.metadata in (WATCHED, None)
         self.behind = None if committed is None else max(end - committed, 0)
+        self.delay = self._delay(now, end, committed)
         stalled = now - self._moved_at >= STALLED_S
-        if not self.watched or self.behind is None or self.behind <= AHEAD_LIMIT or stalled:
+        if not self.watched or self.behind is None or self.delay <= MAX_DELAY_S or stalled:
             self._clear.set()
         else:
             self._clear.clear()
+
+    def _delay(self, now: float, end: int, committed: int | None) -> float:
+        """How long the oldest end this pace saw past the view's position has waited for it."""
+        if not self._ends or self._ends[-1][1] != end:
+            if len(self._ends) < MAX_ENDS_KEPT:
+                self._ends.append((now, end))
+            else:  # a view stalled for minutes: coarser is enough (it is let go after STALLED_S)
+                self._ends[-1] = (self._ends[-1][0], end)
+        while self._ends and (committed is None or self._ends[0][1] <= committed):
+            self._ends.popleft()  # reached (ends only grow)
+        return now - self._ends[0][0] if self._ends else 0.0

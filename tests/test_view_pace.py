@@ -2,7 +2,7 @@
 
 A view shares its position in the events topic as a consumer group's offset, which the broker's own
 ``kafka-consumer-groups`` shows, and whether anybody watches it; while it is watched a worker's
-consumers poll small batches and only while that view is at most AHEAD_LIMIT offsets behind. They
+consumers poll small batches and only while that view's queue is at most MAX_DELAY_S old. They
 never wait for a view that stopped applying, nor for one that nobody watches.
 """
 
@@ -22,7 +22,7 @@ from backend import event_log, view_pace
 from backend.config import ConfigError, Settings
 from backend.event_topics import ensure_event_topics
 from backend.supervisor import WorkerSupervisor
-from backend.view_pace import AHEAD_LIMIT, ViewPace, view_group
+from backend.view_pace import MAX_DELAY_S, ViewPace, view_group
 from backend.worker import WorkerIdentity
 from scripts.kafka_launcher import CONSUMER_GROUP_COMMAND
 from tests.support import (
@@ -106,13 +106,13 @@ def events_topic(bootstrap: str) -> Iterator[tuple[Settings, str]]:
 @contextlib.contextmanager
 def paced_by_a_view(settings: Settings, bootstrap: str) -> Iterator[tuple[ViewPace, _FakeViewPosition, int]]:
     """A worker's pace, the view it follows (positions committed by hand), and the events topic's
-    end after AHEAD_LIMIT + 6 records: a view at offset 0 is too far behind."""
+    end after 10 records."""
     instance = unique("view")
     view = _FakeViewPosition(bootstrap, settings, instance)
     pace = ViewPace(bootstrap, settings, instance)
     pace.start()
     try:
-        yield pace, view, _write_records(bootstrap, settings, AHEAD_LIMIT + 6)
+        yield pace, view, _write_records(bootstrap, settings, 10)
     finally:
         pace.stop()
         view.close()
@@ -137,13 +137,14 @@ def test_consumers_wait_while_the_view_is_behind_and_go_once_it_catches_up(
     monkeypatch.setattr(view_pace, "MAX_WAIT_S", 60.0)
     with paced_by_a_view(*events_topic) as (pace, view, end):
         view.commit(0)
-        pace.handed_off()
+        pace.handed_off(view_pace.BUSY_RECORDS_PER_S)
         wait_for(lambda: pace.behind == end, 30, "the pace to see the view behind")
-        assert not pace.may_poll()
+        wait_for(lambda: not pace.may_poll(), 30, f"the view's queue to be {MAX_DELAY_S} s old")
+        assert pace.delay > MAX_DELAY_S
         went = _waiting_consumer(pace)
-        view.commit(end - AHEAD_LIMIT)  # the view moved: near enough now
+        view.commit(end)  # the view caught up
         assert went.wait(30), "the consumer did not go on once the view caught up"
-        assert pace.behind == AHEAD_LIMIT
+        assert (pace.behind, pace.delay) == (0, 0.0)
         assert pace.may_poll()
 
 
@@ -154,7 +155,7 @@ def test_a_view_that_stops_applying_is_not_waited_for(
     monkeypatch.setattr(view_pace, "MAX_WAIT_S", 60.0)  # only the stall lets the consumer go here
     with paced_by_a_view(*events_topic) as (pace, view, end):
         view.commit(1)
-        pace.handed_off()
+        pace.handed_off(view_pace.BUSY_RECORDS_PER_S)
         wait_for(lambda: pace.behind == end - 1, 30, "the pace to see the view behind")
         went = _waiting_consumer(pace)
         wait_for(pace.may_poll, 30, "a stalled view to be let go")
@@ -162,21 +163,33 @@ def test_a_view_that_stops_applying_is_not_waited_for(
         assert pace.behind == end - 1  # still behind: let go because it stopped, not because it caught up
 
 
-def test_a_view_that_nobody_watches_holds_nobody_back(kafka: Any) -> None:
+def test_a_view_that_nobody_watches_holds_nobody_back(kafka: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nobody would see the latency a short queue buys: the workers run at full speed. (Apache Kafka
     only: the embedded broker keeps no commit metadata, so there the workers always keep pace.)"""
+    monkeypatch.setattr(view_pace, "STALLED_S", 60.0)  # the view below stands still
     settings = Settings(bootstrap_servers=kafka.bootstrap, group_id=unique("pace"))
     ensure_event_topics(kafka.bootstrap, settings)
     with paced_by_a_view(settings, kafka.bootstrap) as (pace, view, end):
         view.commit(0, watched=False)
-        pace.handed_off()
-        wait_for(lambda: pace.behind == end, 30, "the pace to see the view behind")
+        pace.handed_off(view_pace.BUSY_RECORDS_PER_S)
+        wait_for(lambda: pace.behind == end and pace.delay > MAX_DELAY_S, 30, "the view's queue to be old")
         assert not pace.watched
         assert pace.may_poll()
-        view.commit(1)  # somebody opened the dashboard (and the view moved: it is not stalled)
+        view.commit(1)  # somebody opened the dashboard
         wait_for(lambda: pace.watched, 30, "the pace to see the view watched")
+        wait_for(lambda: not pace.may_poll(), 30, "the workers to keep pace")
         assert pace.behind == end - 1
-        assert not pace.may_poll()
+
+
+def test_a_trickle_asks_nothing_of_the_broker(events_topic: tuple[Settings, str]) -> None:
+    """Probing at every record of 50 a second cost the end-to-end latency ~8 ms at the median."""
+    settings, bootstrap = events_topic
+    pace = ViewPace(bootstrap, settings, unique("view"))
+    for _ in range(10):
+        pace.handed_off(1)
+    assert not pace.probing()
+    pace.handed_off(view_pace.BUSY_RECORDS_PER_S)
+    assert pace.probing()
 
 
 def test_a_view_that_never_shared_a_position_holds_nobody_back(events_topic: tuple[Settings, str]) -> None:
@@ -184,8 +197,8 @@ def test_a_view_that_never_shared_a_position_holds_nobody_back(events_topic: tup
     pace = ViewPace(bootstrap, settings, unique("nobody"))
     pace.start()
     try:
-        _write_records(bootstrap, settings, AHEAD_LIMIT + 6)
-        pace.handed_off()
+        _write_records(bootstrap, settings, 10)
+        pace.handed_off(view_pace.BUSY_RECORDS_PER_S)
         wait_for(lambda: pace.probes >= 2, 30, "two probes")
         assert pace.behind is None
         assert pace.may_poll()
