@@ -26,7 +26,7 @@ from kafka.structs import OffsetAndMetadata
 from backend import events, kafka_compat, wire  # noqa: F401 - kafka_compat fixes group rejoins on import
 from backend.config import Settings
 from backend.handoff import Handoff, HandoffFenced
-from backend.log_end import LogEndOffsets, partition_name
+from backend.log_end import LogEndOffsets, local_position, partition_name
 from backend.pipeline import Pipeline, tally
 from backend.view_pace import ViewPace
 
@@ -472,14 +472,13 @@ class ConsumerWorker(threading.Thread):
 
     def _update_positions(self, consumer: KafkaConsumer) -> None:
         """Record position and highwater per partition for the lag view; local reads only."""
-        subscription = consumer._subscription  # noqa: SLF001 - position() would block on the network
         with self._lock:
             for tp in consumer.assignment():
                 state = self.snapshot.partitions.setdefault(partition_name(tp), PartitionState())
                 state.highwater = consumer.highwater(tp)
-                tp_state = subscription.assignment.get(tp)
-                if tp_state is not None and tp_state.position is not None:
-                    state.position = tp_state.position.offset
+                position = local_position(consumer, tp)
+                if position is not None:
+                    state.position = position
 
 
 class ConsumerPool:

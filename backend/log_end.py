@@ -28,6 +28,14 @@ INTERVAL_S = 1.0
 TIMEOUT_MS = 5_000  # without one, end_offsets blocks for good on a partition that no longer exists
 
 
+def local_position(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
+    """The next offset ``consumer`` reads from ``tp`` (transaction markers stepped over), from its
+    own state: ``position()`` may block on the network. None when not known (yet)."""
+    state = consumer._subscription.assignment.get(tp)  # noqa: SLF001
+    position = getattr(state, "position", None)
+    return getattr(position, "offset", None)
+
+
 def partition_name(tp: TopicPartition) -> str:
     """The name the API and the dashboard use: ``topic-partition``."""
     return f"{tp.topic}-{tp.partition}"

@@ -29,6 +29,7 @@ from backend.bus import EventBus
 from backend.cluster import ConsumerDirectory
 from backend.config import Settings
 from backend.event_log import ConsumerReport, RowsEntry, WorkerReport
+from backend.log_end import local_position
 from backend.replay_journal import EventItems, row_events
 from backend.stats import statistics
 from backend.store import (
@@ -338,17 +339,10 @@ class EventsReader(threading.Thread):
             if records:
                 retry_s = 0.0
             if self.group is not None:
-                self._sharer.share(consumer, self._position(consumer, tp), self.watched())
+                self._sharer.share(consumer, local_position(consumer, tp), self.watched())
             self.problem = None
             if not self.caught_up.is_set():
                 self._check_caught_up(consumer, tp)
-
-    @staticmethod
-    def _position(consumer: KafkaConsumer, tp: TopicPartition) -> int | None:
-        """The next offset to read, transaction markers stepped over; local state only."""
-        state = consumer._subscription.assignment.get(tp)  # noqa: SLF001 - position() may block
-        position = getattr(state, "position", None)
-        return getattr(position, "offset", None)
 
     def _check_caught_up(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:
         """Position, not the last record applied: the position steps over transaction markers."""

@@ -177,7 +177,7 @@ class ViewPace(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stopping.is_set():
-                if time.monotonic() >= self._wanted_until:
+                if not self.probing():
                     self._clear.set()
                     self._wanted.clear()
                     self._wanted.wait()
