@@ -71,9 +71,10 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
     Tansu (the embedded broker) holds every fetch for the full ``fetch_max_wait_ms``
     (500 by default) even when records arrive, which alone delays a record by
     ~250 ms on average, so it gets 20 ms. Apache Kafka answers a waiting fetch as
-    soon as a record arrives; 100 ms there bounds the worst case for brokers that
-    behave like Tansu while cutting idle fetches five-fold (measured: three idle
-    consumers at 20 ms cost 0.2 cores and held the GIL against the gateway). A short
+    soon as a record arrives, so there the wait only sets how often an idle consumer
+    asks: 500 ms (``Settings.fetch_max_wait_ms``; three idle consumers at 20 ms cost
+    0.2 cores and held the GIL against the gateway, at 100 ms two idle workers still
+    cost 0.15 cores and the broker 0.21). A short
     ``max_poll_interval_ms`` bounds how long a rebalance can take (it is the
     rebalance timeout), and a short metadata age finds new topics within 5 s.
     ``isolation_level`` (KAFKA_ISOLATION_LEVEL, read_committed by default) keeps the records of
@@ -84,7 +85,7 @@ def consumer_options(settings: Settings) -> dict[str, Any]:
         "isolation_level": settings.isolation_level,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": 20 if settings.embedded else 100,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "fetch_min_bytes": 1,
         "max_poll_records": MAX_POLL_RECORDS,
         "max_poll_interval_ms": 10_000,

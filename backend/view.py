@@ -301,7 +301,7 @@ class EventsReader(threading.Thread):
             enable_auto_commit=False,
             isolation_level=self.settings.isolation_level,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=20 if self.settings.embedded else 100,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             max_partition_fetch_bytes=MAX_EVENT_RECORD_BYTES,
             fetch_max_bytes=MAX_EVENT_RECORD_BYTES,
             reconnect_backoff_max_ms=2_000,

@@ -265,7 +265,9 @@ class ControlReader(threading.Thread):
             bootstrap_servers=bootstrap,
             group_id=None,
             enable_auto_commit=False,
-            fetch_max_wait_ms=100,
+            # Commands are rare: on the embedded broker, which holds a fetch for its full wait, a
+            # command may wait 100 ms rather than the reader asking 50 times a second.
+            fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100),
             max_partition_fetch_bytes=1_048_576,
             **settings.kafka_client_options(),
         )

@@ -152,6 +152,9 @@ ROWS: list[tuple[str, str, str]] = [
     ("burst_records_delivered_per_client", "records shown per client (sample)", ""),
     ("burst_records_skipped_per_client", "records-skipped per client", ""),
     ("burst_lag_worst_ms", "panel probe: counters' worst lag", "ms"),
+    ("burst_event_to_client_p50_ms", "panel probe: event to client p50 (probe alone)", "ms"),
+    ("burst_event_to_client_p99_ms", "panel probe: event to client p99 (probe alone)", "ms"),
+    ("burst_event_to_client_loaded_p99_ms", "panel probe: event to client p99 (with the clients)", "ms"),
     ("burst_probe_exact", "panel probe: exact totals at the end", ""),
     ("burst_clients_exact", "clients with the exact totals at the end", ""),
     ("burst_clients_settle_s", "… seconds after the burst until they all had them", "s"),
@@ -163,6 +166,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("idle_bytes_per_min_per_client", "idle Socket.IO client", "B/min"),
     ("seed_polling_bytes_per_min", "seed baseline: polling every 5 s", "B/min"),
     ("idle_backend_cpu_cores", "idle backend's own CPU", "cores"),
+    ("idle_workers_cpu_cores", "idle backend's workers", "cores"),
+    ("idle_broker_cpu_cores", "idle Apache Kafka broker", "cores"),
     ("Memory", "", ""),
     ("rss_mb", "backend RSS after the run", "MiB"),
     ("rss_peak_mb", "backend peak RSS", "MiB"),
@@ -189,10 +194,14 @@ SUMMARY_KEYS = (
     "fanout_p99_ms",
     "fanout_lost",
     "fanout_backend_cpu_us_per_delivery",
+    "burst_lag_worst_ms",
+    "burst_event_to_client_p99_ms",
     "idle_bytes_per_min_per_client",
     "seed_polling_bytes_per_min",
     "rss_mb",
     "idle_backend_cpu_cores",
+    "idle_workers_cpu_cores",
+    "idle_broker_cpu_cores",
     "bars_met",
     "bars_missed",
     "loadavg_start",
@@ -276,13 +285,13 @@ class Bench:
             if worker_profile:
                 self.profiles["worker"] = summarize(worker_profile)
             self.phase("cluster", lambda: cluster.run(bootstrap, self.work, plan.cluster_records))
-            self.phase("backend on Apache Kafka", lambda: self.kafka_backend(bootstrap))
+            self.phase("backend on Apache Kafka", lambda: self.kafka_backend(bootstrap, kafka.pid))
         finally:
             say("stopping Apache Kafka")
             kafka.stop()
         self.phase("e2e_embedded", self.embedded_e2e)
 
-    def kafka_backend(self, bootstrap: str) -> dict[str, Any]:
+    def kafka_backend(self, bootstrap: str, broker_pid: int | None) -> dict[str, Any]:
         """``python -m backend`` on Apache Kafka: e2e, fan-out, idle, then its memory."""
         plan = self.plan
         topic = f"bench-live-{uuid.uuid4().hex[:8]}"
@@ -311,7 +320,7 @@ class Bench:
             )
             self.phase("fanout", fanout_run)
             self.phase("burst", lambda: burst.run(backend, burst.RECORDS, plan.clients, plan.node_procs))
-            self.phase("idle", lambda: idle.run(backend, plan.idle_intervals))
+            self.phase("idle", lambda: idle.run(backend, plan.idle_intervals, broker_pid))
             rss, peak = backend.rss_mb()
             return {
                 "rss_mb": round(rss, 1) if rss else None,

@@ -14,6 +14,9 @@ that the gateway's CPU for the clients is the difference between the two.
 * ``burst_lag_worst_ms``: the probe's counters behind the truth, the worst over the burst: for every
   count the poller saw (timed when its request left, so a lag is never made smaller than it was), how
   long until the probe's counters showed at least as much;
+* ``burst_event_to_client_p50_ms``, ``..._p99_ms``: the probe's sampled records, from their
+  ``message-received`` time to their arrival at the probe, in the burst with the probe alone (what
+  the dashboard's panel gets before the browser draws it); ``..._loaded_p99_ms`` with the clients;
 * ``burst_backend_cpu_ms_per_client``: the view process's CPU (the gateway lives there) with the
   clients minus without them, per client; ``burst_backend_cpu_cores`` the whole backend (view and
   workers) with the clients;
@@ -37,7 +40,16 @@ import httpx
 import websockets
 from kafka import KafkaProducer
 
-from bench.common import BackendProcess, NodeProcess, cpu_seconds, rounded, say
+from bench.common import (
+    BackendProcess,
+    NodeProcess,
+    epoch_ms,
+    iso_to_ms,
+    percentile,
+    rounded,
+    say,
+    tree_cpu_seconds,
+)
 
 RECORDS = 50_000
 POLL_S = 0.05
@@ -45,24 +57,6 @@ SETTLE_TIMEOUT_S = 300.0
 PANEL_MAX_RATE = 50  # dashboard/static/live_panel.js LIVE_MAX_RATE
 CLIENT_MAX_RATE = 100  # examples/vue-client/index.html LIVE_MAX_RATE
 SETTLE_MAX_S = 15.0  # after the burst, how long the Node clients may take to read what was sent
-
-
-def tree_cpu_seconds(pid: int) -> tuple[float, float]:
-    """(the process's CPU, its descendants' CPU) so far: the view, and its workers (which it starts
-    through a spawner process, so they are its grandchildren)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    descendants, pending = [], list(parents.get(pid, ()))
-    while pending:
-        child = pending.pop()
-        descendants.append(child)
-        pending.extend(parents.get(child, ()))
-    return cpu_seconds(pid) or 0.0, sum(cpu_seconds(child) or 0.0 for child in descendants)
 
 
 class Probe:
@@ -73,6 +67,8 @@ class Probe:
         self.stats_url = backend.gateway_url + "/api/consumers/statistics"
         self.seen: list[tuple[float, int, int]] = []  # (time, total, outcomes) as the probe received them
         self.truth: list[tuple[float, int, int]] = []  # (time the request left, total, outcomes)
+        #: (monotonic time, ms) per sampled record: its message-received time to its arrival here.
+        self.record_lags: list[tuple[float, float]] = []
         self.skipped = 0
         self.disconnects = 0
         self.connected = threading.Event()
@@ -110,6 +106,8 @@ class Probe:
                 if frame.get("event") == "stats-updated":
                     outcomes = data["processedMessages"] + data["failedMessages"]
                     self.seen.append((time.monotonic(), data["totalMessages"], outcomes))
+                elif frame.get("event") == "message-received":
+                    self.record_lags.append((time.monotonic(), epoch_ms() - iso_to_ms(data["timestamp"])))
                 elif frame.get("event") == "records-skipped":
                     self.skipped += data["count"]
 
@@ -163,6 +161,7 @@ def one_burst(backend: BackendProcess, records: int, probe: Probe) -> dict[str, 
     own, children = tree_cpu_seconds(backend.pid)
     return {
         "started": started,
+        "record_lags_ms": [lag for at, lag in probe.record_lags if started <= at <= started + elapsed],
         "produce_s": produce_s,
         "elapsed_s": elapsed,
         "view_cpu_s": own - cpu_before[0],
@@ -256,6 +255,10 @@ def summarize(
             sum(c["skipped"] for c in everyone) / max(1, len(everyone))
         ),
         "burst_lag_worst_ms": rounded(lag),
+        # The probe's sampled records (maxRate 50, the panel's): message-received to arrival.
+        "burst_event_to_client_p50_ms": rounded(percentile(baseline["record_lags_ms"], 0.5)),
+        "burst_event_to_client_p99_ms": rounded(percentile(baseline["record_lags_ms"], 0.99)),
+        "burst_event_to_client_loaded_p99_ms": rounded(percentile(loaded["record_lags_ms"], 0.99)),
         "burst_probe_exact": probe_exact,
         "burst_probe_skipped": probe.skipped,
         "burst_clients_exact": exact,

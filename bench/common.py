@@ -376,3 +376,21 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(the process's CPU, its descendants' CPU) so far: the view, and its workers (which it starts
+    through a spawner process, so they are its grandchildren)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    descendants, pending = [], list(parents.get(pid, ()))
+    while pending:
+        child = pending.pop()
+        descendants.append(child)
+        pending.extend(parents.get(child, ()))
+    return cpu_seconds(pid) or 0.0, sum(cpu_seconds(child) or 0.0 for child in descendants)

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from bench.common import HOST, BackendProcess, Http, NodeProcess, cpu_seconds, say
+from bench.common import HOST, BackendProcess, Http, NodeProcess, cpu_seconds, say, tree_cpu_seconds
 
 POLL_INTERVAL_S = 5.0
 
@@ -99,8 +99,9 @@ def poll_seed_style(port: int, start: float, polls: int, errors: list[str]) -> N
         client.close()
 
 
-def run(backend: BackendProcess, intervals: int) -> dict[str, Any]:
-    """Measure over ``intervals`` Engine.IO ping intervals."""
+def run(backend: BackendProcess, intervals: int, broker_pid: int | None = None) -> dict[str, Any]:
+    """Measure over ``intervals`` Engine.IO ping intervals; the CPU of the backend, of the workers
+    it started and of the broker (``broker_pid``, when this run started it) over the same window."""
     sio_relay = CountingRelay(backend.gateway_port)
     poll_relay = CountingRelay(backend.gateway_port)
     probe = NodeProcess("probe.mjs", {"url": f"http://{HOST}:{sio_relay.port}", "events": []})
@@ -113,7 +114,8 @@ def run(backend: BackendProcess, intervals: int) -> dict[str, Any]:
         polls = int(window // POLL_INTERVAL_S)
         say(f"idle: one idle Socket.IO client and a 5 s poller, {window:.0f}s ({intervals} ping intervals)")
         start = time.monotonic()
-        cpu_before = cpu_seconds(backend.pid)
+        cpu_before, workers_before = tree_cpu_seconds(backend.pid)
+        broker_before = cpu_seconds(broker_pid) if broker_pid else None
         sio_before = sio_relay.total
         errors: list[str] = []
         poller = threading.Thread(
@@ -122,7 +124,8 @@ def run(backend: BackendProcess, intervals: int) -> dict[str, Any]:
         poller.start()
         time.sleep(max(start + window - time.monotonic(), 0))
         sio_bytes = sio_relay.total - sio_before
-        cpu_after = cpu_seconds(backend.pid)
+        cpu_after, workers_after = tree_cpu_seconds(backend.pid)
+        broker_after = cpu_seconds(broker_pid) if broker_pid else None
         poller.join(30)
         poll_bytes = poll_relay.total
         disconnected = any(line.get("type") == "disconnect" for line in list(probe.lines.queue))
@@ -140,7 +143,10 @@ def run(backend: BackendProcess, intervals: int) -> dict[str, Any]:
         "seed_polling_bytes_per_min": round(poll_bytes * 60.0 / (polls * POLL_INTERVAL_S)),
         "seed_polling_errors": len(errors),
         # The backend's own CPU use while nothing happens (its consumers keep polling the broker).
-        "idle_backend_cpu_cores": None
-        if cpu_before is None or cpu_after is None
-        else round((cpu_after - cpu_before) / window, 3),
+        "idle_backend_cpu_cores": round((cpu_after - cpu_before) / window, 3),
+        # Its workers' (processes it started) and the broker's: idle fetches and heartbeats.
+        "idle_workers_cpu_cores": round((workers_after - workers_before) / window, 3),
+        "idle_broker_cpu_cores": None
+        if broker_before is None or broker_after is None
+        else round((broker_after - broker_before) / window, 3),
     }

@@ -26,6 +26,21 @@ def test_isolation_level_reaches_the_consumers() -> None:
     assert consumer_options(chosen)["isolation_level"] == "read_uncommitted"
 
 
+def test_idle_fetches_wait_at_the_broker_only_where_records_still_come_at_once() -> None:
+    """Apache Kafka answers a waiting fetch when a record arrives: a long wait only makes idle
+    consumers ask less often. Tansu (embedded, also when a child attaches to it) holds every fetch
+    for the whole wait, so there the wait stays short."""
+    from backend.consumers import consumer_options
+
+    kafka = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:4000"})
+    assert consumer_options(kafka)["fetch_max_wait_ms"] == kafka.fetch_max_wait_ms == 500
+    for embedded in (
+        Settings.from_env({}),
+        Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:4000", "EMBEDDED_BROKER": "1"}),
+    ):
+        assert consumer_options(embedded)["fetch_max_wait_ms"] == embedded.fetch_max_wait_ms == 20
+
+
 def test_topics_as_list_or_regex() -> None:
     listed = Settings.from_env({"KAFKA_TOPICS": "orders, payments"})
     assert listed.topics == ("orders", "payments") and not listed.topic_matches("other")
