@@ -58,8 +58,13 @@ SHARE_EVERY_S = 0.05
 PROBE_EVERY_S = 0.05
 #: Probing starts when a worker hands over this many records in a second (below, no view falls behind).
 BUSY_RECORDS_PER_S = 1_000
-#: Probing stops this long after the last handoff (an idle worker asks nothing).
+#: Probing stops this long after the last handoff (then the worker only looks, every LOOK_EVERY_S).
 PROBE_FOR_S = 2.0
+#: While it hands over little, a worker still asks this often whether its view is watched (one
+#: OffsetFetch), so that a burst starts with the batches it needs: without this look a worker's
+#: first busy second after start-up, or after somebody opened the dashboard, ran at full speed, and
+#: the view's queue reached a second (``python -m bench.burst``'s probe, 50,000 records).
+LOOK_EVERY_S = 1.0
 #: A view whose position has not moved for this long while behind is not waited for.
 STALLED_S = 2.0
 #: Ends remembered while the view is behind (one per probe that saw the end move).
@@ -102,6 +107,12 @@ class PositionSharer:
             self._shared = None
 
 
+def _is_watched(shared: OffsetAndMetadata | None) -> bool:
+    """Whether a view's shared position says that somebody watches it. The embedded broker (Tansu)
+    keeps no commit metadata (None): there, watched or not, the workers keep pace."""
+    return shared is not None and shared.metadata in (WATCHED, None)
+
+
 def _shared(offsets: object, result: object) -> None:
     if isinstance(result, Exception):
         log.debug("view position not shared: %s", result)
@@ -135,6 +146,7 @@ class ViewPace(threading.Thread):
         self._ends: deque[tuple[float, int]] = deque()  # (probed at, end) past the view's position
         self.watched = False  # whether the view said that somebody watches it live
         self.probes = 0
+        self.looks = 0
 
     def may_poll(self) -> bool:
         """Whether the consumers may poll now (the view is near enough, stalled or unknown)."""
@@ -180,13 +192,24 @@ class ViewPace(threading.Thread):
                 if not self.probing():
                     self._clear.set()
                     self._wanted.clear()
-                    self._wanted.wait()
+                    self._look()
+                    self._wanted.wait(LOOK_EVERY_S)
                     continue
                 self._probe()
                 self._stopping.wait(PROBE_EVERY_S)
         finally:
             self._clear.set()
             self._consumer.close(autocommit=False)
+
+    def _look(self) -> None:
+        """Whether the view is watched, and nothing else: what an idle worker needs to know."""
+        try:
+            shared = self._consumer.committed(self.partition, metadata=True, timeout_ms=2_000)
+        except Exception as exc:  # the broker is away: the next look asks again
+            log.debug("view pace unknown: %s", exc)
+            return
+        self.looks += 1
+        self.watched = _is_watched(shared)
 
     def _probe(self) -> None:
         try:
@@ -201,8 +224,7 @@ class ViewPace(threading.Thread):
         committed = None if shared is None else shared.offset
         if committed != self._position:
             self._position, self._moved_at = committed, now
-        # The embedded broker (Tansu) keeps no commit metadata (None): there, watched or not, keep pace.
-        self.watched = shared is not None and shared.metadata in (WATCHED, None)
+        self.watched = _is_watched(shared)
         self.behind = None if committed is None else max(end - committed, 0)
         self.delay = self._delay(now, end, committed)
         stalled = now - self._moved_at >= STALLED_S

@@ -181,7 +181,24 @@ def test_a_view_that_nobody_watches_holds_nobody_back(kafka: Any, monkeypatch: p
         assert pace.behind == end - 1
 
 
-def test_a_trickle_asks_nothing_of_the_broker(events_topic: tuple[Settings, str]) -> None:
+def test_an_idle_worker_knows_whether_its_view_is_watched(
+    kafka: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that a burst starts with a watched view's small batches. Before, a worker learnt it only
+    from the probes of a busy second, and that first second ran at full speed: 2,000-record batches
+    queued up to a second of the view's work. (Apache Kafka only, like the test above.)"""
+    monkeypatch.setattr(view_pace, "LOOK_EVERY_S", 0.05)
+    settings = Settings(bootstrap_servers=kafka.bootstrap, group_id=unique("pace"))
+    ensure_event_topics(kafka.bootstrap, settings)
+    with paced_by_a_view(settings, kafka.bootstrap) as (pace, view, _end):
+        view.commit(0)  # somebody opened the dashboard
+        wait_for(lambda: pace.watched, 30, "the idle pace to see the view watched")
+        view.commit(0, watched=False)  # and closed it
+        wait_for(lambda: not pace.watched, 30, "the idle pace to see nobody watching")
+        assert pace.probes == 0 and not pace.probing()  # it only looked: nothing was handed over
+
+
+def test_a_trickle_starts_no_probes(events_topic: tuple[Settings, str]) -> None:
     """Probing at every record of 50 a second cost the end-to-end latency ~8 ms at the median."""
     settings, bootstrap = events_topic
     pace = ViewPace(bootstrap, settings, unique("view"))
