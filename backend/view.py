@@ -57,13 +57,9 @@ RETRY_MAX_S = 5.0
 #: The most rows one SQLite transaction stores when the reader hands over several records at once
 #: (a view catching up). Every record still gets its own events, stats-updated and journal entry,
 #: exactly as if applied alone, so every view gives the same seqs however its polls were cut; one
-#: commit for many records is what changes, and nothing is published before its commit. So the cap
-#: is a paced worker's batch (backend.consumers.PACED_POLL_RECORDS): small records still share a
-#: commit (records of 5 rows: 110 -> 57 µs per row), while through a burst a poll of six 500-row
-#: records is published as each is stored, not all at once ~200 ms later (with 5,000 the burst's
-#: first rows waited for the whole poll). Since logIds are positional, bigger groups store no faster
-#: (``python -m bench.view_apply``: 17,000-24,000 rows/s with either, run to run).
-GROUP_MAX_ROWS = 500
+#: commit for many records is what changes. The log_id index takes random inserts: a commit writes
+#: about one page per row at 500 rows, far fewer per row at 5,000 (bench/README.md, "View apply").
+GROUP_MAX_ROWS = 5_000
 
 #: One events-topic record as the reader hands it over: (offset, headers, value).
 TopicRecord = tuple[int, Any, bytes | None]
