@@ -139,9 +139,9 @@ class Settings:
         Apache Kafka answers a waiting fetch as soon as a record arrives (for ``read_committed``,
         as soon as its transaction commits), so on Apache Kafka the wait costs no latency and only
         sets how often an idle consumer asks: 500 ms (Kafka's own default) instead of 100 ms halved
-        an idle backend's CPU (2 workers 0.15 -> 0.08 cores, the broker 0.21 -> 0.11; bench/README.md,
-        "Idle"). Tansu, the embedded broker, holds every fetch for the full wait even when records
-        arrive, so there it is 20 ms (see backend.consumers.consumer_options).
+        an idle backend's CPU (2 workers 0.14-0.18 -> 0.07 cores, the broker 0.18-0.21 -> 0.09;
+        bench/README.md, "Idle"). Tansu, the embedded broker, holds every fetch for the full wait
+        even when records arrive, so there it is 20 ms (see backend.consumers.consumer_options).
         """
         return FETCH_WAIT_EMBEDDED_MS if self.embedded else FETCH_WAIT_KAFKA_MS
 

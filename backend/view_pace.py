@@ -201,20 +201,25 @@ class ViewPace(threading.Thread):
             self._clear.set()
             self._consumer.close(autocommit=False)
 
+    def _shared(self) -> OffsetAndMetadata | None:
+        """The view's shared position (None: it shared none); notes whether it is watched."""
+        shared = self._consumer.committed(self.partition, metadata=True, timeout_ms=2_000)
+        self.watched = _is_watched(shared)
+        return shared
+
     def _look(self) -> None:
         """Whether the view is watched, and nothing else: what an idle worker needs to know."""
         try:
-            shared = self._consumer.committed(self.partition, metadata=True, timeout_ms=2_000)
+            self._shared()
         except Exception as exc:  # the broker is away: the next look asks again
             log.debug("view pace unknown: %s", exc)
             return
         self.looks += 1
-        self.watched = _is_watched(shared)
 
     def _probe(self) -> None:
         try:
             end = self._consumer.end_offsets([self.partition], timeout_ms=2_000)[self.partition]
-            shared = self._consumer.committed(self.partition, metadata=True, timeout_ms=2_000)
+            shared = self._shared()
         except Exception as exc:  # the broker is away: do not hold the consumers back
             log.debug("view pace unknown: %s", exc)
             self._clear.set()
@@ -224,7 +229,6 @@ class ViewPace(threading.Thread):
         committed = None if shared is None else shared.offset
         if committed != self._position:
             self._position, self._moved_at = committed, now
-        self.watched = _is_watched(shared)
         self.behind = None if committed is None else max(end - committed, 0)
         self.delay = self._delay(now, end, committed)
         stalled = now - self._moved_at >= STALLED_S
