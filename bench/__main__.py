@@ -106,6 +106,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("workers_scaling", "2 workers / 1 worker", ""),
     ("workers_1_cpu_cores", "CPU used: 1 worker", "cores"),
     ("workers_2_cpu_cores", "CPU used: 2 workers", "cores"),
+    ("workers_1_broker_cpu_cores", "CPU used by the broker meanwhile: 1 worker", "cores"),
+    ("workers_2_broker_cpu_cores", "CPU used by the broker meanwhile: 2 workers", "cores"),
     ("workers_1_cpu_us_per_msg", "worker CPU per record, 1 worker", "us"),
     ("workers_2_cpu_us_per_msg", "worker CPU per record, 2 workers", "us"),
     ("workers_raw_cpu_us_per_msg", "raw kafka-python CPU per record", "us"),
@@ -279,7 +281,11 @@ class Bench:
             self.phase(
                 "workers",
                 lambda: workers.run(
-                    bootstrap, self.work / "workers", plan.records, profile_to=worker_profile
+                    bootstrap,
+                    self.work / "workers",
+                    plan.records,
+                    profile_to=worker_profile,
+                    broker_pid=kafka.pid,
                 ),
             )
             if worker_profile:

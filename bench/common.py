@@ -56,9 +56,16 @@ CONTRACT_VARIABLES = (
 @contextlib.contextmanager
 def broker() -> Iterator[str]:
     """KAFKA_BOOTSTRAP_SERVERS, or an Apache Kafka of our own for the block (a phase run alone)."""
+    with broker_process() as (bootstrap, _pid):
+        yield bootstrap
+
+
+@contextlib.contextmanager
+def broker_process() -> Iterator[tuple[str, int | None]]:
+    """As :func:`broker`, with the broker's pid when it is ours (to read its CPU), else None."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if bootstrap:
-        yield bootstrap
+        yield bootstrap, None
         return
     from scripts.kafka_launcher import ApacheKafka
 
@@ -66,7 +73,7 @@ def broker() -> Iterator[str]:
         kafka = ApacheKafka(Path(tmp))
         kafka.start()
         try:
-            yield kafka.bootstrap
+            yield kafka.bootstrap, kafka.pid
         finally:
             kafka.stop()
 

@@ -8,12 +8,17 @@ Each run gets a fresh topic, a fresh group (so a fresh events topic) and fresh
 ``python -m backend.worker`` children (WORKER_ID, WORKER_CONSUMERS; no view: nobody reads the events
 topic, the workers' cost is measured alone). The records must be there before the clock starts, and
 the group must be settled too: a second worker joining while the first one consumes would put its
-rebalance inside the measurement. So the records are written in **one open Kafka transaction**: the
-workers (``read_committed``) see nothing of them while they start, join and get their partitions;
-once every consumer holds a partition, the transaction is committed and every record becomes
-visible at once. That commit starts the clock; it stops when the group's committed offsets (which a
-worker commits in the same transaction as the batch's rows) reach the last record of every
-partition. The workers' CPU is read from ``/proc/<pid>/stat`` at both moments.
+rebalance inside the measurement. So the workers start on an empty topic; once every consumer
+holds a partition, one **warm-up** record per partition is written and committed, and each
+consumer hands its record over in its first transaction. That sets up what every later
+transaction reuses (the events topic's metadata, the group coordinator's address, the broker's
+first transactional writes): a fresh producer's first transaction took 180-370 ms against 25-60 ms
+for the next ones, and in a 1.3-2.6 s run it weighed more on the faster side. Then the records are
+written in **one open Kafka transaction**: the workers (``read_committed``) see nothing of them
+until it is committed, and then every record at once. That commit starts the clock; it stops when
+the group's committed offsets (which a worker commits in the same transaction as the batch's rows)
+reach the last record of every partition. The workers' CPU is read from ``/proc/<pid>/stat`` at
+both moments.
 
 The raw side is ``bench.throughput.raw_consume`` (kafka-python consumers in threads of this process,
 the workers' consumer options, only counting) on the best 1-worker run's topic, as many consumers.
@@ -42,7 +47,7 @@ from backend.config import Settings
 from backend.group_status import group_state_name, parse_members
 from backend.service import discover_cluster_id
 from backend.supervisor import spread
-from bench.common import CONTRACT_VARIABLES, REPO_ROOT, broker, cpu_seconds, say
+from bench.common import CONTRACT_VARIABLES, REPO_ROOT, broker_process, cpu_seconds, say
 from bench.profiling import PySpy, render, summarize
 from bench.throughput import create_topic, payload, raw_consume
 
@@ -62,6 +67,7 @@ class WorkersRun:
     seconds: float
     cpu_seconds: float  # all worker processes, from the commit to the last committed offset
     topic: str
+    broker_cpu_seconds: float | None = None  # the broker's, over the same window (when it is ours)
 
     @property
     def rate(self) -> float:
@@ -71,13 +77,21 @@ class WorkersRun:
     def cpu_us_per_record(self) -> float:
         return self.cpu_seconds / self.records * 1e6 if self.records else 0.0
 
+    @property
+    def broker_cpu_cores(self) -> float | None:
+        if self.broker_cpu_seconds is None or self.seconds <= 0:
+            return None
+        return round(self.broker_cpu_seconds / self.seconds, 2)
+
 
 class StagedRecords:
-    """``count`` records written to a fresh topic in one transaction left open until :meth:`release`."""
+    """Records for a fresh topic: committed warm-ups (:meth:`warm_up`), then ``count`` records in one
+    transaction (:meth:`stage`) left open until :meth:`release`."""
 
-    def __init__(self, bootstrap: str, topic: str, count: int, partitions: int) -> None:
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         create_topic(bootstrap, topic, partitions)
-        self.count = count
+        self.topic = topic
+        self.partitions = partitions
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             transactional_id=f"bench-stage-{topic}",
@@ -87,19 +101,36 @@ class StagedRecords:
             batch_size=256 * 1024,
         )
         self._producer.init_transactions()
+        self.count = 0
+        #: The committed offset that means "every record of this partition is done".
+        self.targets: dict[TopicPartition, int] = {}
+
+    def warm_up(self) -> dict[TopicPartition, int]:
+        """One record per partition, committed; the committed offsets that mean they are done."""
+        ends = self._write(range(self.partitions))
+        self._producer.commit_transaction()
+        return ends
+
+    def stage(self, count: int) -> None:
+        """``count`` records in a transaction left open: nobody reading committed sees them yet."""
+        self.count = count
+        self.targets = self._write(range(count))
+
+    def _write(self, numbers: range) -> dict[TopicPartition, int]:
+        """Begin a transaction, write ``payload(i)`` for each number; each partition's end offset."""
         self._producer.begin_transaction()
         headers = [("data-type", events.SINGLE_MESSAGE.encode())]
         futures = [
-            self._producer.send(topic, value=payload(i), partition=i % partitions, headers=headers)
-            for i in range(count)
+            self._producer.send(self.topic, value=payload(i), partition=i % self.partitions, headers=headers)
+            for i in numbers
         ]
         self._producer.flush(timeout=120)
-        #: The committed offset that means "every record of this partition is done".
-        self.targets: dict[TopicPartition, int] = {}
+        ends: dict[TopicPartition, int] = {}
         for future in futures:
             meta = future.get(timeout=0)
-            tp = TopicPartition(topic, meta.partition)
-            self.targets[tp] = max(self.targets.get(tp, 0), meta.offset + 1)
+            tp = TopicPartition(self.topic, meta.partition)
+            ends[tp] = max(ends.get(tp, 0), meta.offset + 1)
+        return ends
 
     def release(self) -> None:
         """Commit: every record becomes visible to read_committed consumers at once."""
@@ -206,15 +237,16 @@ def run_workers(
     consumers: int,
     timeout: float,
     profile_to: Path | None = None,
+    broker_pid: int | None = None,
 ) -> WorkersRun:
     """``workers`` processes with ``consumers`` consumers between them on ``count`` staged records.
 
     ``profile_to``: py-spy the first worker process while the records are consumed.
+    ``broker_pid``: also read the broker's CPU over the window (it shares the machine's cores).
     """
     tag = uuid.uuid4().hex[:8]
     topic, group = f"bench-workers-{tag}", f"bench-workers-{workers}-{tag}"
-    say(f"workers: staging {count} records in {topic} (one open transaction)")
-    staged = StagedRecords(bootstrap, topic, count, partitions=consumers)
+    staged = StagedRecords(bootstrap, topic, partitions=consumers)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     plan = spread([f"consumer-{n}" for n in range(1, consumers + 1)], workers)
     with open(work / f"workers-{workers}.log", "ab") as log:
@@ -222,22 +254,33 @@ def run_workers(
         try:
             say(f"workers: {workers} worker process(es), {consumers} consumers; waiting for the group")
             wait_settled(admin, group, consumers, consumers, timeout=60)
+            wait_committed_offsets(admin, group, staged.warm_up(), timeout=60, check=procs.cpu)
+            say(f"workers: warmed up; staging {count} records in {topic} (one open transaction)")
+            staged.stage(count)
             spy = PySpy(procs.procs[0].pid, profile_to) if profile_to else contextlib.nullcontext()
             with spy:
-                cpu_before = procs.cpu()
+                cpu_before, broker_before = procs.cpu(), broker_cpu(broker_pid)
                 started = time.time()
                 staged.release()
                 finished = wait_committed_offsets(admin, group, staged.targets, timeout, procs.cpu)
                 cpu = procs.cpu() - cpu_before
+                broker_after = broker_cpu(broker_pid)
         except BaseException:
             staged.abort()
             raise
         finally:
             procs.stop()
             admin.close()
-    run = WorkersRun(workers, consumers, count, finished - started, cpu, topic)
+    broker_used = None
+    if broker_before is not None and broker_after is not None:
+        broker_used = broker_after - broker_before
+    run = WorkersRun(workers, consumers, count, finished - started, cpu, topic, broker_used)
     say(f"workers: {workers} process(es): {run.rate:,.0f} rec/s, {run.cpu_us_per_record:.1f} us CPU/record")
     return run
+
+
+def broker_cpu(pid: int | None) -> float | None:
+    return cpu_seconds(pid) if pid else None
 
 
 #: The order of the runs (worker processes per run): A B B A, so that a load that rises or falls
@@ -252,19 +295,23 @@ def run(
     consumers: int = 4,
     timeout: float = 180.0,
     profile_to: Path | None = None,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """1 and 2 workers in turn (:data:`ORDER`; same records, ``consumers`` consumers in all), then raw
     kafka-python. Each side's best run is reported (the one least disturbed by other work on the
     machine), every run is kept in ``workers_runs``.
 
-    ``profile_to``: py-spy the single worker of the first run.
+    ``profile_to``: py-spy the single worker of the first run. ``broker_pid``: the broker's CPU
+    too (``workers_*_broker_cpu_cores``): on one machine the workers and the broker share its cores.
     """
     work.mkdir(parents=True, exist_ok=True)
     cluster_id = discover_cluster_id(Settings(bootstrap_servers=bootstrap))
     runs: list[WorkersRun] = []
     for index, processes in enumerate(ORDER):
         spy = profile_to if index == 0 else None
-        runs.append(run_workers(bootstrap, cluster_id, work, count, processes, consumers, timeout, spy))
+        runs.append(
+            run_workers(bootstrap, cluster_id, work, count, processes, consumers, timeout, spy, broker_pid)
+        )
     one = max((r for r in runs if r.workers == 1), key=lambda r: r.rate)
     two = max((r for r in runs if r.workers == 2), key=lambda r: r.rate)
     say(f"workers: raw kafka-python on {one.topic}, {consumers} consumers")
@@ -280,6 +327,8 @@ def run(
         "workers_2_cpu_us_per_msg": round(two.cpu_us_per_record, 1),
         "workers_1_cpu_cores": round(one.cpu_seconds / one.seconds, 2) if one.seconds else None,
         "workers_2_cpu_cores": round(two.cpu_seconds / two.seconds, 2) if two.seconds else None,
+        "workers_1_broker_cpu_cores": one.broker_cpu_cores,
+        "workers_2_broker_cpu_cores": two.broker_cpu_cores,
         "workers_raw_msgs_per_s": round(raw.rate),
         "workers_raw_cpu_us_per_msg": round(raw.cpu_us_per_record, 1),
         "pipeline_cpu_vs_raw": round(ratio, 2) if ratio else None,
@@ -294,8 +343,10 @@ def main() -> None:
     parser.add_argument("--consumers", type=int, default=4)
     parser.add_argument("--profile", type=Path, help="py-spy the single worker; raw stacks to this file")
     args = parser.parse_args()
-    with broker() as bootstrap, tempfile.TemporaryDirectory() as work:
-        results = run(bootstrap, Path(work), args.records, args.consumers, profile_to=args.profile)
+    with broker_process() as (bootstrap, pid), tempfile.TemporaryDirectory() as work:
+        results = run(
+            bootstrap, Path(work), args.records, args.consumers, profile_to=args.profile, broker_pid=pid
+        )
         print(json.dumps(results, indent=2))
         if args.profile:
             print(render("worker", summarize(args.profile)))
