@@ -223,7 +223,7 @@ class LiveView {
     this.tailSize = 50;
     this.serverRate = 0;
     this.serverSkipped = 0; // records Python's feed left out over the last minute
-    this.counted = []; // [arrival ms, processed + failed] of each stats-updated: the rate
+    this.counted = []; // {at: the counts' time, arrived, total: processed + failed}: the rate
     this.skips = []; // [arrival ms, records] of each records-skipped
     this.skippedTotal = 0;
     this.stream = null;
@@ -346,13 +346,19 @@ class LiveView {
   }
 
   count(stats) {
-    // One point of the outcome counter over time; the rate is its slope over the last 10 s.
+    // One point of the outcome counter over time, at the backend's time of the counts (their
+    // `timestamp`; the arrival time when there is none). The rate is the counter's slope over the
+    // last 10 s of that time: with arrival times, counts delivered later than before (0.2 then 1.2 s
+    // on a busy machine) shrank the window's counts to 9 s of processing, and 1,000/s read 900 for
+    // 10 s (tests/test_live_panel_rate.py).
     const total = (Number(stats.processedMessages) || 0) + (Number(stats.failedMessages) || 0);
+    const arrived = Date.now();
+    const at = Date.parse(stats.timestamp) || arrived;
     const last = this.counted.at(-1);
-    if (last && total < last[1]) this.counted = []; // counts started over (another backend)
-    const now = Date.now();
-    this.counted.push([now, total]);
-    while (this.counted.length > 2 && this.counted[1][0] <= now - RATE_WINDOW_MS) this.counted.shift();
+    if (last && total < last.total) this.counted = []; // counts started over (another backend)
+    else if (last && at < last.at) return; // older than what we have (a snapshot behind the stream)
+    this.counted.push({ at, arrived, total });
+    while (this.counted.length > 2 && this.counted[1].at <= at - RATE_WINDOW_MS) this.counted.shift();
   }
 
   joined(joins) {
@@ -392,16 +398,20 @@ class LiveView {
   }
 
   rate() {
-    // The slope of the outcome counter over the last 10 s (or since the stream opened, when that is
-    // shorter). stats-updated comes within 100 ms of any change, so between two of them the counts
-    // held. In the stream's first seconds, Python's figure (the same counts' change).
+    // The slope of the outcome counter over the last 10 s of the backend's time (or since the stream
+    // opened, when that is shorter). stats-updated comes within 100 ms of any change, so the counts
+    // held since the newest one arrived: the window ends that long after its time, and the rate
+    // falls to 0 in the 10 s after a burst. In the stream's first seconds, Python's figure (the same
+    // counts' change, also over their own times).
     const now = Date.now();
     const streaming = this.mode === "ws" && this.openedAt && now - this.openedAt >= RATE_MIN_SPAN_MS;
     if (!streaming || this.counted.length === 0) return this.serverRate;
-    const from = Math.max(now - RATE_WINDOW_MS, this.counted[0][0]);
-    let atFrom = this.counted[0][1];
-    for (const [at, total] of this.counted) if (at <= from) atFrom = total;
-    return ((this.counted.at(-1)[1] - atFrom) * 1000) / Math.max(now - from, 1000);
+    const last = this.counted.at(-1);
+    const end = last.at + Math.max(0, now - last.arrived);
+    const from = Math.max(end - RATE_WINDOW_MS, this.counted[0].at);
+    let atFrom = this.counted[0].total;
+    for (const { at, total } of this.counted) if (at <= from) atFrom = total;
+    return ((last.total - atFrom) * 1000) / Math.max(end - from, 1000);
   }
 
   skipped() {
