@@ -665,15 +665,11 @@ def worst_by_second(drawn: list[dict[str, Any]]) -> list[int]:
     return [round(worst.get(second, 0)) for second in range(max(worst) + 1)]
 
 
-def produce_burst(bootstrap: str, topic: str, count: int) -> None:
-    """``count`` records as fast as Kafka takes them, as any other application sends them."""
-    client = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    try:
-        for number in range(count):
-            client.send(topic, json.dumps({"n": number, "amount": number % 100}).encode())
-        client.flush()
-    finally:
-        client.close()
+def start_burst(bootstrap: str, topic: str, count: int) -> subprocess.Popen[bytes]:
+    """``count`` records as fast as Kafka takes them, from another process (tests/burst_producer.py)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.burst_producer", bootstrap, topic, str(count)], cwd=ROOT
+    )
 
 
 #: Whether the panel's script is loaded, what the tail says it left out and what TOTAL MESSAGES
@@ -718,8 +714,7 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
     opened = time.time()
     wait_for(lambda: time.time() > opened + RATE_WINDOW_S, 30, "the page's rate window")
     started = time.time()
-    producing = threading.Thread(target=produce_burst, args=(dashboard.bootstrap, topic, BURST), daemon=True)
-    producing.start()
+    producing = start_burst(dashboard.bootstrap, topic, BURST)
     wait_for(
         lambda: statistics_of(dashboard)["totalMessages"] >= before["totalMessages"] + BURST // 10,
         120,
@@ -738,7 +733,7 @@ def test_a_burst_keeps_the_overview_live_connected_and_exact(page: Any, dashboar
     page.screenshot(path=str(SCREENSHOTS / "overview-burst-during.png"))
     wait_for(lambda: statistics_of(dashboard)["processedMessages"] >= expected_processed, 180, "the burst")
     processed_ms = time.time() * 1000
-    producing.join(60)
+    assert producing.wait(60) == 0, "the burst's producer failed"
 
     total = page.locator(COUNTER.format("totalMessages"))
     playwright_api.expect(total).to_have_text(f"{expected_total:,}", timeout=30_000)
