@@ -42,12 +42,15 @@ def small_tmpfs(path: Path, size: str = "16m") -> Iterator[Path]:
 
 
 def fill(directory: Path) -> Path:
-    """Write a file until the filesystem has no space left; return it (delete it to free the space)."""
+    """Write a file until the filesystem has no space left; return it (delete it to free the space).
+
+    Unbuffered: a buffered file kept the bytes its failed flush could not write and, closing,
+    raised ENOSPC again outside the suppression (1 fill in 6 on a 1 MiB tmpfs; failed CI once).
+    """
     filler = directory / "filler"
-    with open(filler, "wb") as out, contextlib.suppress(OSError):
+    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
         while True:
             out.write(b"\0" * 65536)
-            out.flush()
             os.fsync(out.fileno())
     return filler
 
