@@ -132,8 +132,11 @@ def read_rss_mb(pid: int) -> tuple[float | None, float | None]:
     return values.get("VmRSS"), values.get("VmHWM")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (all its threads) so far, from /proc/<pid>/stat."""
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (all its threads) so far, from /proc/<pid>/stat; None
+    when it is gone or unknown (no pid: a broker this bench did not start)."""
+    if not pid:
+        return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:

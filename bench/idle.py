@@ -115,7 +115,7 @@ def run(backend: BackendProcess, intervals: int, broker_pid: int | None = None) 
         say(f"idle: one idle Socket.IO client and a 5 s poller, {window:.0f}s ({intervals} ping intervals)")
         start = time.monotonic()
         cpu_before, workers_before = tree_cpu_seconds(backend.pid)
-        broker_before = cpu_seconds(broker_pid) if broker_pid else None
+        broker_before = cpu_seconds(broker_pid)
         sio_before = sio_relay.total
         errors: list[str] = []
         poller = threading.Thread(
@@ -125,7 +125,7 @@ def run(backend: BackendProcess, intervals: int, broker_pid: int | None = None) 
         time.sleep(max(start + window - time.monotonic(), 0))
         sio_bytes = sio_relay.total - sio_before
         cpu_after, workers_after = tree_cpu_seconds(backend.pid)
-        broker_after = cpu_seconds(broker_pid) if broker_pid else None
+        broker_after = cpu_seconds(broker_pid)
         poller.join(30)
         poll_bytes = poll_relay.total
         disconnected = any(line.get("type") == "disconnect" for line in list(probe.lines.queue))

@@ -101,7 +101,6 @@ class StagedRecords:
             batch_size=256 * 1024,
         )
         self._producer.init_transactions()
-        self.count = 0
         #: The committed offset that means "every record of this partition is done".
         self.targets: dict[TopicPartition, int] = {}
 
@@ -113,7 +112,6 @@ class StagedRecords:
 
     def stage(self, count: int) -> None:
         """``count`` records in a transaction left open: nobody reading committed sees them yet."""
-        self.count = count
         self.targets = self._write(range(count))
 
     def _write(self, numbers: range) -> dict[TopicPartition, int]:
@@ -259,12 +257,12 @@ def run_workers(
             staged.stage(count)
             spy = PySpy(procs.procs[0].pid, profile_to) if profile_to else contextlib.nullcontext()
             with spy:
-                cpu_before, broker_before = procs.cpu(), broker_cpu(broker_pid)
+                cpu_before, broker_before = procs.cpu(), cpu_seconds(broker_pid)
                 started = time.time()
                 staged.release()
                 finished = wait_committed_offsets(admin, group, staged.targets, timeout, procs.cpu)
                 cpu = procs.cpu() - cpu_before
-                broker_after = broker_cpu(broker_pid)
+                broker_after = cpu_seconds(broker_pid)
         except BaseException:
             staged.abort()
             raise
@@ -277,10 +275,6 @@ def run_workers(
     run = WorkersRun(workers, consumers, count, finished - started, cpu, topic, broker_used)
     say(f"workers: {workers} process(es): {run.rate:,.0f} rec/s, {run.cpu_us_per_record:.1f} us CPU/record")
     return run
-
-
-def broker_cpu(pid: int | None) -> float | None:
-    return cpu_seconds(pid) if pid else None
 
 
 #: The order of the runs (worker processes per run): A B B A, so that a load that rises or falls

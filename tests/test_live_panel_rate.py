@@ -5,7 +5,7 @@ a delivery that turned late (a busy machine: counts 0.2 s late, then 1.2 s late)
 window's counts to 9 s of processing and the page read 900 a second for 10 s while the backend did
 1,000. Placed at the counts' own time (the stats-updated ``timestamp``, as dashboard/live.py does
 for Python's figure), the rate holds whatever the delivery. (200,000-record browser bursts: the
-steady rate's worst error was 5.9-11.1 % in four runs before, 7.4 and 8.0 % in two after.)
+steady rate's worst error was 5.9-11.1 % in four runs before, 6.6-9.3 % in five after.)
 """
 
 from __future__ import annotations
