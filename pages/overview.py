@@ -52,14 +52,17 @@ def topics_table(rows: list[dict]) -> None:
         hide_index=True,
         width="stretch",
         height=min(38 + 35 * len(frame), 300),
+        # Every width fixed, 400 px in all: a topic column sized to its longest name pushed "Last"
+        # out of the half-page column (about 390-460 px from a 1280 to a 1440 px window). Space
+        # beyond 400 px is shared evenly; a long topic name ends in an ellipsis.
         column_config={
-            "topic": st.column_config.TextColumn("Topic"),
-            "total": st.column_config.NumberColumn("Messages", format=fmt.COUNT_FORMAT, width="small"),
-            "failed": st.column_config.NumberColumn("Failed", format=fmt.COUNT_FORMAT, width="small"),
+            "topic": st.column_config.TextColumn("Topic", width=130),
+            "total": st.column_config.NumberColumn("Messages", format=fmt.COUNT_FORMAT, width=75),
+            "failed": st.column_config.NumberColumn("Failed", format=fmt.COUNT_FORMAT, width=55),
             "failed_share": st.column_config.ProgressColumn(
-                "Failed %", format=fmt.PERCENT_FORMAT, min_value=0, max_value=100, color="red", width="small"
+                "Failed %", format=fmt.PERCENT_FORMAT, min_value=0, max_value=100, color="red", width=75
             ),
-            "last": st.column_config.DatetimeColumn("Last", format="HH:mm:ss", width="small"),
+            "last": st.column_config.DatetimeColumn("Last", format="HH:mm:ss", width=65),
         },
     )
 

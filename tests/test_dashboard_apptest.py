@@ -209,6 +209,17 @@ def test_counts_and_shares_in_tables_have_one_format(with_data: Backend) -> None
     }
 
 
+def test_the_overview_topics_table_fits_in_half_a_1280_px_window(with_data: Backend) -> None:
+    """A topic column sized to its longest name pushed "Last" out of sight (seen in Chromium)."""
+    overview = render(PAGES[0])
+    [topics] = [t for t in overview.dataframe if "failed_share" in t.value]
+    configs = column_configs(topics)
+    shown = ("topic", "total", "failed", "failed_share", "last")
+    widths = {name: configs[name].get("width") for name in shown}
+    assert all(isinstance(width, int) for width in widths.values()), widths
+    assert sum(widths.values()) <= 400
+
+
 # --- attached to a backend elsewhere (BACKEND_URL) ----------------------------------------------
 
 
