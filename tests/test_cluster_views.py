@@ -42,6 +42,7 @@ from backend.group_status import GroupObserver, GroupState, consumer_id_of
 from backend.membership import LEAVE_AFTER_S, UNASSIGNED_AFTER_S
 from backend.store import DB_NAME
 from backend.view import SEQ_KEY
+from backend.worker import NICENESS_BESIDE_THE_VIEW
 from scripts.kafka_launcher import CONSOLE_PRODUCER
 from tests.support import create_topic, free_port, run_tool, unique, wait_for
 
@@ -161,6 +162,16 @@ def processes() -> Iterator[tuple[int, int]]:
         state, parent = stat.rpartition(")")[2].split()[:2]
         if state != "Z":
             yield int(entry.name), int(parent)
+
+
+def thread_niceness(*pids: int) -> list[int]:
+    """The niceness of every thread of ``pids`` (Linux sets it per thread), from /proc."""
+    values = []
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                values.append(int((task / "stat").read_text().rpartition(")")[2].split()[16]))
+    return values
 
 
 def alive(pid: int) -> bool:
@@ -390,6 +401,7 @@ class TwoViews:
     replayed_from: int = 0
     stored_at_kill: int = 0  # B's last seq, as its store kept it
     children_before: list[int] = field(default_factory=list)
+    niceness: dict[str, list[int]] = field(default_factory=dict)  # B's and each thread of its workers
     children_after: list[int] = field(default_factory=list)
     inactive_after_s: float = 0.0
     inactive: list[dict[str, Any]] = field(default_factory=list)
@@ -441,6 +453,8 @@ def two_views(kafka: Any, backends: Callable[..., BackendProcess]) -> Iterator[T
                 f"{exc}: {len(reference.frames)} events, outcomes by {by}, "
                 f"A {a.statistics()}, consumers {a.consumers()}"
             ) from None
+        workers = thread_niceness(*result.children_before)
+        result.niceness = {"view": thread_niceness(b.pid), "workers": workers}
         print(f"B killed with {len(reference.outcomes)} of 1200 outcomes on A")
         b.kill()
         killed_at = time.monotonic()
@@ -529,6 +543,17 @@ def test_the_workers_of_a_sigkilled_instance_die_with_it_and_come_back(two_views
     assert not any(alive(pid) for pid in two_views.children_before)
     assert len(two_views.children_after) == 2
     assert not set(two_views.children_after) & set(two_views.children_before)
+
+
+@pytest.mark.timeout(900)
+def test_the_workers_started_beside_a_view_yield_the_cpu_to_it(two_views: TwoViews) -> None:
+    """A burst is throughput work; the view, its gateway and the browser are what a person waits for.
+    Every thread of B's workers, its consumers included (read after they processed records), runs
+    NICENESS_BESIDE_THE_VIEW nicer than B."""
+    view, workers = set(two_views.niceness["view"]), two_views.niceness["workers"]
+    assert len(view) == 1, f"B's own threads differ: {view}"
+    assert len(workers) > 2 * 4, "two workers of at least four threads each"
+    assert set(workers) == {min(19, view.pop() + NICENESS_BESIDE_THE_VIEW)}
 
 
 @pytest.mark.timeout(900)
