@@ -401,3 +401,26 @@ def test_worker_role_runs_only_workers_and_stops_them_on_sigterm(tmp_path: Path,
                 proc.kill()
                 proc.wait()
     assert processes_of(instance) == []
+
+
+SESSION_CPU_GROUP = Path("/proc/self/autogroup")  # CONFIG_SCHED_AUTOGROUP: CPU shared by session first
+
+
+@pytest.mark.skipif(not SESSION_CPU_GROUP.exists(), reason="this kernel has no autogroups")
+@pytest.mark.parametrize("own_session", [True, False])
+def test_a_worker_yields_its_session_s_cpu_share_only_when_the_session_is_its_own(own_session: bool) -> None:
+    """Started by the supervisor, a worker leads a session of its own: nicing its autogroup is what
+    makes it yield to the view. Started from somebody's shell, the group is the shell's: untouched."""
+    code = (
+        "from pathlib import Path; from backend.worker import yield_the_cpu; yield_the_cpu(3); "
+        "print(Path('/proc/self/autogroup').read_text().strip())"
+    )
+    ours_before = SESSION_CPU_GROUP.read_text().strip()
+    child = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+        start_new_session=own_session,
+    ).stdout.strip()  # fmt: skip
+    if own_session:
+        assert child.endswith(" nice 3") and child.split()[0] != ours_before.split()[0], child
+    else:
+        assert child == ours_before == SESSION_CPU_GROUP.read_text().strip()
