@@ -54,7 +54,7 @@ def topics_table(rows: list[dict]) -> None:
         height=min(38 + 35 * len(frame), 300),
         # Every width fixed, 400 px in all: a topic column sized to its longest name pushed "Last"
         # out of the half-page column (about 390-460 px from a 1280 to a 1440 px window). Space
-        # beyond 400 px is shared evenly; a long topic name ends in an ellipsis.
+        # beyond 400 px is shared evenly; a long topic name is cut (a drag widens its column).
         column_config={
             "topic": st.column_config.TextColumn("Topic", width=130),
             "total": st.column_config.NumberColumn("Messages", format=fmt.COUNT_FORMAT, width=75),
