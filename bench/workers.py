@@ -78,10 +78,18 @@ class WorkersRun:
         return self.cpu_seconds / self.records * 1e6 if self.records else 0.0
 
     @property
+    def cpu_cores(self) -> float | None:
+        return self._cores(self.cpu_seconds)
+
+    @property
     def broker_cpu_cores(self) -> float | None:
-        if self.broker_cpu_seconds is None or self.seconds <= 0:
+        return self._cores(self.broker_cpu_seconds)
+
+    def _cores(self, cpu_seconds: float | None) -> float | None:
+        """``cpu_seconds`` spent over this run's window, as cores."""
+        if cpu_seconds is None or self.seconds <= 0:
             return None
-        return round(self.broker_cpu_seconds / self.seconds, 2)
+        return round(cpu_seconds / self.seconds, 2)
 
 
 class StagedRecords:
@@ -319,8 +327,8 @@ def run(
         "workers_scaling": round(two.rate / one.rate, 2) if one.rate else None,
         "workers_1_cpu_us_per_msg": round(one.cpu_us_per_record, 1),
         "workers_2_cpu_us_per_msg": round(two.cpu_us_per_record, 1),
-        "workers_1_cpu_cores": round(one.cpu_seconds / one.seconds, 2) if one.seconds else None,
-        "workers_2_cpu_cores": round(two.cpu_seconds / two.seconds, 2) if two.seconds else None,
+        "workers_1_cpu_cores": one.cpu_cores,
+        "workers_2_cpu_cores": two.cpu_cores,
         "workers_1_broker_cpu_cores": one.broker_cpu_cores,
         "workers_2_broker_cpu_cores": two.broker_cpu_cores,
         "workers_raw_msgs_per_s": round(raw.rate),
