@@ -132,6 +132,18 @@ class EventRecorder:
 # headless Chromium.
 # ============================================================================================
 
+#: Whether this kernel shares the CPU between sessions first (CONFIG_SCHED_AUTOGROUP).
+AUTOGROUPS = Path("/proc/self/autogroup").exists()
+
+
+def autogroup(pid: int | str = "self") -> str:
+    """``/autogroup-<n> nice <k>``: the session's CPU group that ``pid`` is in, and its niceness.
+
+    Empty for a process in init's session (a CI runner's): the kernel prints nothing for the root
+    group, which is not an autogroup."""
+    return Path(f"/proc/{pid}/autogroup").read_text().strip()
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = (
     "--no-sandbox",

@@ -44,7 +44,7 @@ from backend.store import DB_NAME
 from backend.view import SEQ_KEY
 from backend.worker import NICENESS_BESIDE_THE_VIEW
 from scripts.kafka_launcher import CONSOLE_PRODUCER
-from tests.support import create_topic, free_port, run_tool, unique, wait_for
+from tests.support import AUTOGROUPS, autogroup, create_topic, free_port, run_tool, unique, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 #: backend/consumers.py consumer_options: the broker expels a silent member after this.
@@ -162,15 +162,6 @@ def processes() -> Iterator[tuple[int, int]]:
         state, parent = stat.rpartition(")")[2].split()[:2]
         if state != "Z":
             yield int(entry.name), int(parent)
-
-
-#: Whether this kernel shares the CPU between sessions first (CONFIG_SCHED_AUTOGROUP).
-AUTOGROUPS = Path("/proc/self/autogroup").exists()
-
-
-def autogroup(pid: int) -> str:
-    """``/autogroup-<n> nice <k>``: the session's CPU group that ``pid`` is in, and its niceness."""
-    return Path(f"/proc/{pid}/autogroup").read_text().strip()
 
 
 def outcomes_of(outcomes: list[dict[str, Any]], *consumer_ids: str) -> list[int]:

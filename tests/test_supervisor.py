@@ -31,7 +31,7 @@ from backend.supervisor import (
     next_delay,
     plan_consumers,
 )
-from tests.support import wait_for
+from tests.support import AUTOGROUPS, autogroup, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = "0a1b2c3d"
@@ -403,9 +403,6 @@ def test_worker_role_runs_only_workers_and_stops_them_on_sigterm(tmp_path: Path,
     assert processes_of(instance) == []
 
 
-SESSION_CPU_GROUP = Path("/proc/self/autogroup")  # CONFIG_SCHED_AUTOGROUP: CPU shared by session first
-
-
 def group_name(autogroup: str) -> str:
     """``/autogroup-<n>`` from ``/autogroup-<n> nice <k>``; "" for the root group, whose file is empty.
 
@@ -414,7 +411,7 @@ def group_name(autogroup: str) -> str:
     return autogroup.split()[0] if autogroup else ""
 
 
-@pytest.mark.skipif(not SESSION_CPU_GROUP.exists(), reason="this kernel has no autogroups")
+@pytest.mark.skipif(not AUTOGROUPS, reason="this kernel has no autogroups")
 @pytest.mark.parametrize("own_session", [True, False])
 def test_a_worker_yields_its_session_s_cpu_share_only_when_the_session_is_its_own(own_session: bool) -> None:
     """Started by the supervisor, a worker leads a session of its own: nicing its autogroup is what
@@ -423,7 +420,7 @@ def test_a_worker_yields_its_session_s_cpu_share_only_when_the_session_is_its_ow
         "from pathlib import Path; from backend.worker import yield_the_cpu; yield_the_cpu(3); "
         "print(Path('/proc/self/autogroup').read_text().strip())"
     )
-    ours_before = SESSION_CPU_GROUP.read_text().strip()
+    ours_before = autogroup()
     child = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
         start_new_session=own_session,
@@ -431,4 +428,4 @@ def test_a_worker_yields_its_session_s_cpu_share_only_when_the_session_is_its_ow
     if own_session:
         assert child.endswith(" nice 3") and group_name(child) != group_name(ours_before), child
     else:
-        assert child == ours_before == SESSION_CPU_GROUP.read_text().strip()
+        assert child == ours_before == autogroup()
